@@ -1,0 +1,218 @@
+"""Fixtures shared by every tier: the real servers the tests talk to.
+
+- ``cluster``: the local Kubernetes control plane (``hack/cluster.sh``). A running one is
+  reused; otherwise it is started and stopped again at the end of the session. If it
+  cannot start, every test that needs it fails with the components' log tails.
+- ``mlflow_server``: a real ``mlflow server`` process (SQLite store, proxied artifacts).
+- ``namespace``: a fresh namespace per test; on failure the test's report shows what a
+  person would look at (``kubectl get all``, events).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+VENV_BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    if not path.exists():
+        return f"(no log at {path})"
+    text = path.read_text(errors="replace").splitlines()
+    return "\n".join(text[-lines:])
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
+    """Wait until ``url`` answers 200; fail with the log tail if the process dies."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(
+                f"server exited with {proc.returncode} before {url} answered:\n{log_tail(log)}",
+                pytrace=False,
+            )
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    pytest.fail(f"{url} did not answer within {timeout}s:\n{log_tail(log)}", pytrace=False)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    """The environment for child servers: the venv's bin first (mlflow runs uvicorn
+    through a shell and needs it on PATH)."""
+    env = dict(os.environ)
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env.update(extra)
+    return env
+
+
+# ----------------------------------------------------------------------------- cluster
+@dataclass(frozen=True)
+class Cluster:
+    kubeconfig: Path
+    bin_dir: Path
+
+    @property
+    def kubectl(self) -> str:
+        return str(self.bin_dir / "kubectl")
+
+    def run_kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [self.kubectl, "--kubeconfig", str(self.kubeconfig), *args],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=120,
+        )
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    script = REPO / "hack" / "cluster.sh"
+    cluster_dir = Path(os.environ.get("CLUSTER_DIR", REPO / ".cluster"))
+    cache = Path(os.environ.get("MODELYARD_CACHE", Path.home() / ".cache" / "modelyard"))
+    started = False
+    if subprocess.run([str(script), "status"], check=False).returncode != 0:
+        up = subprocess.run([str(script), "up"], capture_output=True, text=True, check=False)
+        if up.returncode != 0:
+            pytest.fail(
+                "the local Kubernetes control plane did not start (hack/cluster.sh up):\n"
+                + up.stderr[-6000:],
+                pytrace=False,
+            )
+        started = True
+    yield Cluster(kubeconfig=cluster_dir / "kubeconfig", bin_dir=cache / "bin")
+    if started and not os.environ.get("MODELYARD_KEEP_CLUSTER"):
+        subprocess.run([str(script), "down"], check=False)
+
+
+@pytest.fixture(scope="session")
+def api_client(cluster: Cluster) -> Iterator[object]:
+    from kubernetes import config
+
+    api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
+    yield api
+    api.close()
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report = yield
+    item.stash.setdefault(_failed_key, False)
+    if report.failed:
+        item.stash[_failed_key] = True
+    return report
+
+
+_failed_key = pytest.StashKey[bool]()
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    cluster.run_kubectl("create", "namespace", name)
+    yield name
+    if request.node.stash.get(_failed_key, False):
+        for what in (["get", "all,md,events", "-o", "wide"],):
+            out = cluster.run_kubectl("-n", name, *what, check=False)
+            sys.stderr.write(f"\n--- kubectl -n {name} {' '.join(what)}\n{out.stdout}{out.stderr}")
+    cluster.run_kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+# ------------------------------------------------------------------------------ mlflow
+@dataclass(frozen=True)
+class MlflowServer:
+    url: str
+    root: Path
+
+
+def start_mlflow_server(root: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    log = root / "mlflow-server.log"
+    mlflow_bin = shutil.which("mlflow", path=str(VENV_BIN)) or "mlflow"
+    proc = subprocess.Popen(
+        [
+            mlflow_bin,
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(root / "artifacts"),
+            "--serve-artifacts",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=subprocess_env(),
+        start_new_session=True,
+    )
+    return proc, log
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    proc, log = start_mlflow_server(root, port)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", 90, proc, log)
+        yield MlflowServer(url=url, root=root)
+    finally:
+        stop_process(proc)
+
+
+# --------------------------------------------------------------------------------- CRD
+CRD_DIR = REPO / "manifests" / "crds"
+
+
+@pytest.fixture(scope="session")
+def crd(cluster: Cluster) -> Path:
+    """The ModelDeployment CRD from manifests/crds (the one the chart ships), applied
+    and Established."""
+    path = CRD_DIR / "modeldeployments.modelyard.io.yaml"
+    cluster.run_kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
+    cluster.run_kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/modeldeployments.modelyard.io",
+    )
+    return path
