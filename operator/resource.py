@@ -1,0 +1,106 @@
+"""The ModelDeployment spec as typed models, parsed once at the edge.
+
+They mirror ``manifests/crds/modeldeployments.modelyard.io.yaml``; the API server has
+already enforced the schema and the CEL rules, so parsing here only fails for objects
+written before the CRD was installed or with validation turned off.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+GROUP = "modelyard.io"
+VERSION = "v1alpha1"
+PLURAL = "modeldeployments"
+KIND = "ModelDeployment"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+
+class ModelRef(_Model):
+    """A registered model plus exactly one of version, alias or stage."""
+
+    name: str = Field(min_length=1)
+    version: int | None = Field(default=None, ge=1)
+    alias: str | None = None
+    stage: Literal["Staging", "Production", "Archived"] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_reference(self) -> ModelRef:
+        given = [x for x in (self.version, self.alias, self.stage) if x is not None]
+        if len(given) != 1:
+            raise ValueError("spec.model must set exactly one of version, alias or stage")
+        return self
+
+    @property
+    def label(self) -> str:
+        """How ``kubectl get md`` shows the reference: ``alias:champion``."""
+        if self.version is not None:
+            return f"version:{self.version}"
+        if self.alias is not None:
+            return f"alias:{self.alias}"
+        return f"stage:{self.stage}"
+
+    @property
+    def is_floating(self) -> bool:
+        """Aliases and stages move; a version never does."""
+        return self.version is None
+
+
+class SecretRef(_Model):
+    name: str
+
+
+class Registry(_Model):
+    tracking_uri: str | None = Field(default=None, alias="trackingUri")
+    credentials_secret_ref: SecretRef | None = Field(default=None, alias="credentialsSecretRef")
+
+
+class Autoscaling(_Model):
+    min_replicas: int = Field(default=1, ge=1, alias="minReplicas")
+    max_replicas: int = Field(ge=1, alias="maxReplicas")
+    target_cpu_utilization_percentage: int = Field(
+        default=70, ge=1, le=100, alias="targetCPUUtilizationPercentage"
+    )
+
+
+class EnvVar(_Model):
+    name: str
+    value: str = ""
+
+
+class Server(_Model):
+    image: str | None = None
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None, alias="imagePullPolicy"
+    )
+    replicas: int | None = Field(default=None, ge=0)
+    resources: dict[str, dict[str, int | str]] = Field(default_factory=dict)
+    autoscaling: Autoscaling | None = None
+    env: tuple[EnvVar, ...] = ()
+
+    @property
+    def desired_replicas(self) -> int:
+        """Replicas for the Deployment when no HPA owns the count."""
+        if self.autoscaling is not None:
+            return self.autoscaling.min_replicas
+        return 1 if self.replicas is None else self.replicas
+
+
+class Rollout(_Model):
+    strategy: Literal["RollingUpdate"] = "RollingUpdate"
+
+
+class ModelDeploymentSpec(_Model):
+    model: ModelRef
+    registry: Registry = Field(default_factory=Registry)
+    server: Server = Field(default_factory=Server)
+    rollout: Rollout = Field(default_factory=Rollout)
+
+    @classmethod
+    def parse(cls, spec: Any) -> ModelDeploymentSpec:
+        return cls.model_validate(dict(spec))

@@ -1,0 +1,181 @@
+"""The API server itself rejects invalid ModelDeployments, saying what to fix."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from support.kube import md_body
+
+pytestmark = pytest.mark.integration
+
+GOOD_MODEL = {"name": "churn", "alias": "champion"}
+
+INVALID: list[tuple[str, dict[str, Any], str]] = [
+    ("no model", {}, "spec.model: Required value"),
+    ("no model name", {"model": {"alias": "champion"}}, "spec.model.name: Required value"),
+    (
+        "no reference",
+        {"model": {"name": "churn"}},
+        "spec.model must set exactly one of version, alias or stage",
+    ),
+    (
+        "two references",
+        {"model": {"name": "churn", "alias": "champion", "version": 3}},
+        "spec.model must set exactly one of version, alias or stage",
+    ),
+    (
+        "version zero",
+        {"model": {"name": "churn", "version": 0}},
+        "spec.model.version: Invalid value: 0: spec.model.version in body should be "
+        "greater than or equal to 1",
+    ),
+    (
+        "version as text",
+        {"model": {"name": "churn", "version": "latest"}},
+        'spec.model.version: Invalid value: "string": spec.model.version in body must be '
+        "of type integer",
+    ),
+    (
+        "unknown stage",
+        {"model": {"name": "churn", "stage": "Prod"}},
+        'spec.model.stage: Unsupported value: "Prod": supported values: "Staging", '
+        '"Production", "Archived"',
+    ),
+    (
+        "alias that looks like a version",
+        {"model": {"name": "churn", "alias": "v3"}},
+        "aliases of the form v<N> are reserved by MLflow for versions",
+    ),
+    (
+        "alias with a space",
+        {"model": {"name": "churn", "alias": "my alias"}},
+        "spec.model.alias in body should match",
+    ),
+    (
+        "tracking URI that is not http",
+        {"model": GOOD_MODEL, "registry": {"trackingUri": "mlflow.local:5000"}},
+        "spec.registry.trackingUri in body should match '^https?://[^/]+'",
+    ),
+    (
+        "inline credentials",
+        {"model": GOOD_MODEL, "registry": {"password": "hunter2"}},
+        'unknown field "spec.registry.password"',
+    ),
+    (
+        "credentials secret without name",
+        {"model": GOOD_MODEL, "registry": {"credentialsSecretRef": {}}},
+        "spec.registry.credentialsSecretRef.name: Required value",
+    ),
+    (
+        "negative replicas",
+        {"model": GOOD_MODEL, "server": {"replicas": -1}},
+        "spec.server.replicas in body should be greater than or equal to 0",
+    ),
+    (
+        "min above max replicas",
+        {"model": GOOD_MODEL, "server": {"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}},
+        "spec.server.autoscaling.minReplicas must not exceed maxReplicas",
+    ),
+    (
+        "replicas and autoscaling",
+        {"model": GOOD_MODEL, "server": {"replicas": 2, "autoscaling": {"maxReplicas": 4}}},
+        "set replicas or autoscaling, not both",
+    ),
+    (
+        "CPU target above 100",
+        {
+            "model": GOOD_MODEL,
+            "server": {"autoscaling": {"maxReplicas": 4, "targetCPUUtilizationPercentage": 150}},
+        },
+        "targetCPUUtilizationPercentage in body should be less than or equal to 100",
+    ),
+    (
+        "unknown rollout strategy",
+        {"model": GOOD_MODEL, "rollout": {"strategy": "BlueGreen"}},
+        'spec.rollout.strategy: Unsupported value: "BlueGreen": supported values: "RollingUpdate"',
+    ),
+    (
+        "tracking credentials through env",
+        {
+            "model": GOOD_MODEL,
+            "server": {"env": [{"name": "MLFLOW_TRACKING_PASSWORD", "value": "x"}]},
+        },
+        "MLFLOW_TRACKING_* variables come from spec.registry",
+    ),
+    (
+        "bad resource quantity",
+        {"model": GOOD_MODEL, "server": {"resources": {"limits": {"memory": "lots"}}}},
+        "spec.server.resources.limits.memory in body should match",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "spec", "message"), INVALID, ids=[c[0] for c in INVALID])
+def test_invalid_resource_is_rejected_with_its_message(
+    api_client: client.ApiClient, crd: Any, namespace: str, case: str, spec: Any, message: str
+) -> None:
+    custom = client.CustomObjectsApi(api_client)
+    # 422 for schema and CEL violations; 400 for an unknown field (strict decoding).
+    with pytest.raises(ApiException, match=r"\((400|422)\)") as rejected:
+        custom.create_namespaced_custom_object(
+            "modelyard.io",
+            "v1alpha1",
+            namespace,
+            "modeldeployments",
+            md_body("bad", spec),
+            field_validation="Strict",
+        )
+    said = json.loads(rejected.value.body)["message"]
+    assert message in said, said
+
+
+def test_name_too_long_for_its_children(
+    api_client: client.ApiClient, crd: Any, namespace: str
+) -> None:
+    custom = client.CustomObjectsApi(api_client)
+    with pytest.raises(ApiException, match=r"\(422\)") as rejected:
+        custom.create_namespaced_custom_object(
+            "modelyard.io",
+            "v1alpha1",
+            namespace,
+            "modeldeployments",
+            md_body("x" * 60, {"model": GOOD_MODEL}),
+        )
+    said = json.loads(rejected.value.body)["message"]
+    assert "metadata.name must be at most 52 characters" in said, said
+
+
+def test_kubectl_explain_teaches_the_fields(cluster: Any, crd: Any) -> None:
+    out = cluster.run_kubectl("explain", "md.spec.model").stdout
+    assert "exactly one of" in out
+    for field in ("alias", "name", "stage", "version"):
+        assert f"{field}\t" in out or f"  {field}" in out
+    assert "A registry alias such as" in out
+
+
+def test_kubectl_get_shows_the_printer_columns(
+    api_client: client.ApiClient, cluster: Any, crd: Any, namespace: str
+) -> None:
+    client.CustomObjectsApi(api_client).create_namespaced_custom_object(
+        "modelyard.io",
+        "v1alpha1",
+        namespace,
+        "modeldeployments",
+        md_body("churn", {"model": GOOD_MODEL}),
+    )
+    lines = cluster.run_kubectl("-n", namespace, "get", "md", "-o", "wide").stdout.splitlines()
+    assert lines[0].split() == [
+        "NAME",
+        "MODEL",
+        "REFERENCE",
+        "LIVE",
+        "READY",
+        "REASON",
+        "URL",
+        "AGE",
+    ]
+    assert lines[1].split()[:2] == ["churn", "churn"]

@@ -1,0 +1,374 @@
+"""The operator against a real API server and a real MLflow registry."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from kubernetes import client
+from mlflow import MlflowClient
+from support.kube import condition, md_body, wait_for
+from support.operator import running_operator
+
+from modelyard.operator.registry import deployed_tag_key
+
+pytestmark = pytest.mark.integration
+
+RESOLVE_INTERVAL = 2.0  # MODELYARD_RESOLVE_INTERVAL in conftest
+
+GROUP, VERSION, PLURAL = "modelyard.io", "v1alpha1", "modeldeployments"
+
+
+class Cluster:
+    """What a user looks at, through the API."""
+
+    def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
+        self.ns = namespace
+        self.custom = client.CustomObjectsApi(api_client)
+        self.apps = client.AppsV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
+        self.autoscaling = client.AutoscalingV2Api(api_client)
+        self.policy = client.PolicyV1Api(api_client)
+
+    def create(self, name: str, spec: dict[str, Any]) -> None:
+        self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, self.ns, PLURAL, md_body(name, spec)
+        )
+
+    def md(self, name: str) -> dict[str, Any]:
+        return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name))
+
+    def wait_md(
+        self, name: str, what: str, pred: Callable[[dict[str, Any]], Any], timeout: float = 30
+    ) -> dict[str, Any]:
+        """Wait until the ModelDeployment satisfies ``pred``; return it."""
+
+        def check() -> dict[str, Any] | None:
+            md = self.md(name)
+            return md if pred(md) else None
+
+        result: dict[str, Any] = wait_for(what, check, timeout=timeout)
+        return result
+
+    def deployment(self, name: str) -> client.V1Deployment:
+        return self.apps.read_namespaced_deployment(name, self.ns)
+
+    def env(self, name: str) -> dict[str, str]:
+        container = self.deployment(name).spec.template.spec.containers[0]
+        return {e.name: e.value for e in container.env if e.value is not None}
+
+    def events(self, name: str) -> list[str]:
+        evs = self.core.list_namespaced_event(
+            self.ns,
+            field_selector=f"involvedObject.name={name},involvedObject.kind=ModelDeployment",
+        )
+        return [f"{e.reason}: {e.message}" for e in evs.items]
+
+
+@pytest.fixture
+def k8s(api_client: client.ApiClient, namespace: str) -> Cluster:
+    return Cluster(api_client, namespace)
+
+
+def test_serves_the_pinned_version_and_reports_it(
+    k8s: Cluster, operator: Any, register_model: Callable[..., Any], mlflow_server: Any
+) -> None:
+    model = register_model(n=1)
+    k8s.create(
+        "churn",
+        {
+            "model": {"name": model.name, "alias": "champion"},
+            "registry": {"trackingUri": mlflow_server.url},
+        },
+    )
+    md = wait_for(
+        "status.model",
+        lambda: k8s.md("churn") if k8s.md("churn").get("status", {}).get("model") else None,
+    )
+    dep = k8s.deployment("churn")
+    env = k8s.env("churn")
+    assert env["MODELYARD_MODEL_URI"] == f"models:/{model.name}/1"  # pinned, never the alias
+    assert env["MLFLOW_TRACKING_URI"] == mlflow_server.url
+    assert dep.spec.template.spec.containers[0].image == "modelyard/server:test"
+    assert dep.metadata.owner_references[0].kind == "ModelDeployment"
+    svc = k8s.core.read_namespaced_service("churn", k8s.ns)
+    assert svc.spec.selector == dep.spec.selector.match_labels
+
+    status = md["status"]
+    assert status["observedGeneration"] == md["metadata"]["generation"]
+    assert status["reference"] == "alias:champion"
+    assert status["model"]["version"] == 1
+    assert status["model"]["runId"] == model.run_ids[0]
+    assert status["model"]["uri"] == f"models:/{model.name}/1"
+    assert status["model"]["datasets"][0]["source"] == f"file:///lake/{model.name}/date=2026-11-01"
+    assert status["model"]["datasets"][0]["context"] == "training"
+    assert status["url"] == f"http://churn.{k8s.ns}.svc.cluster.local"
+    assert condition(md, "ModelResolved")["status"] == "True"
+    # No node runs pods in this tier: the server is rolling out, not ready.
+    assert condition(md, "Ready")["status"] == "False"
+    assert condition(md, "Progressing")["status"] == "True"
+    assert [h["version"] for h in status["history"]] == [1]
+
+    # The registry answers "where is version 1 deployed?"
+    tags = MlflowClient(mlflow_server.url).get_model_version(model.name, "1").tags
+    assert deployed_tag_key(k8s.ns, "churn") in tags
+    wait_for("the RollingOut event", lambda: any("RollingOut" in e for e in k8s.events("churn")))
+
+
+def test_follows_the_alias_when_it_moves(
+    k8s: Cluster, operator: Any, register_model: Callable[..., Any], mlflow_server: Any
+) -> None:
+    model = register_model(n=2)
+    k8s.create(
+        "fraud",
+        {
+            "model": {"name": model.name, "alias": "champion"},
+            "registry": {"trackingUri": mlflow_server.url},
+        },
+    )
+    wait_for(
+        "version 1", lambda: k8s.md("fraud").get("status", {}).get("model", {}).get("version") == 1
+    )
+
+    MlflowClient(mlflow_server.url).set_registered_model_alias(model.name, "champion", "2")
+    # Within one resolve interval (2 s in these tests) plus slack.
+    wait_for(
+        "the Deployment to follow the alias",
+        lambda: k8s.env("fraud")["MODELYARD_MODEL_URI"] == f"models:/{model.name}/2",
+        timeout=15,
+    )
+    md = k8s.wait_md("fraud", "the history", lambda m: len(m["status"]["history"]) == 2)
+    assert [h["version"] for h in md["status"]["history"]] == [2, 1]
+    assert "moved from version 1 to 2" in md["status"]["history"][0]["reason"]
+    wait_for(
+        "an Event about version 2",
+        lambda: any("version 2" in e and "RollingOut" in e for e in k8s.events("fraud")),
+    )
+    mlflow = MlflowClient(mlflow_server.url)
+    key = deployed_tag_key(k8s.ns, "fraud")
+    assert key in mlflow.get_model_version(model.name, "2").tags
+    assert key not in mlflow.get_model_version(model.name, "1").tags
+
+
+def test_fixed_version_and_autoscaling_children(
+    k8s: Cluster, operator: Any, register_model: Callable[..., Any], mlflow_server: Any
+) -> None:
+    model = register_model(n=2, alias=None)
+    k8s.create(
+        "scaled",
+        {
+            "model": {"name": model.name, "version": 2},
+            "registry": {"trackingUri": mlflow_server.url},
+            "server": {
+                "autoscaling": {"minReplicas": 2, "maxReplicas": 5},
+                "resources": {"requests": {"cpu": "200m", "memory": "300Mi"}},
+            },
+        },
+    )
+    hpa = wait_for(
+        "the HPA",
+        lambda: k8s.autoscaling.read_namespaced_horizontal_pod_autoscaler("scaled", k8s.ns),
+    )
+    assert (hpa.spec.min_replicas, hpa.spec.max_replicas) == (2, 5)
+    assert hpa.spec.metrics[0].resource.target.average_utilization == 70
+    pdb = k8s.policy.read_namespaced_pod_disruption_budget("scaled", k8s.ns)
+    assert pdb.spec.max_unavailable == 1
+    dep = k8s.deployment("scaled")
+    assert k8s.env("scaled")["MODELYARD_MODEL_URI"] == f"models:/{model.name}/2"
+    assert dep.spec.template.spec.containers[0].resources.requests == {
+        "cpu": "200m",
+        "memory": "300Mi",
+    }
+
+    # Back to one fixed replica: the HPA and the PDB go away.
+    k8s.custom.patch_namespaced_custom_object(
+        GROUP,
+        VERSION,
+        k8s.ns,
+        PLURAL,
+        "scaled",
+        {"spec": {"server": {"autoscaling": None, "replicas": 1}}},
+    )
+    wait_for("one replica", lambda: k8s.deployment("scaled").spec.replicas == 1)
+    wait_for(
+        "the HPA to be deleted",
+        lambda: not k8s.autoscaling.list_namespaced_horizontal_pod_autoscaler(k8s.ns).items,
+    )
+    wait_for(
+        "the PDB to be deleted",
+        lambda: not k8s.policy.list_namespaced_pod_disruption_budget(k8s.ns).items,
+    )
+
+
+@pytest.mark.parametrize(
+    ("model_ref", "reason", "message"),
+    [
+        ({"alias": "champion"}, "ModelNotFound", "not found"),
+        ({"alias": "nobody-set-this"}, "ModelNotFound", "nobody-set-this"),
+        ({"version": 99}, "ModelNotFound", "99"),
+    ],
+)
+def test_unresolvable_references_are_reported_and_nothing_is_created(
+    k8s: Cluster,
+    operator: Any,
+    register_model: Callable[..., Any],
+    mlflow_server: Any,
+    model_ref: dict[str, Any],
+    reason: str,
+    message: str,
+) -> None:
+    model = register_model(n=1, alias=None)
+    # The first case names a model that does not exist at all.
+    name = "no-such-model" if model_ref == {"alias": "champion"} else model.name
+    k8s.create(
+        "broken",
+        {"model": {"name": name, **model_ref}, "registry": {"trackingUri": mlflow_server.url}},
+    )
+    md = k8s.wait_md("broken", "ModelResolved=False", lambda m: condition(m, "ModelResolved"))
+    resolved = condition(md, "ModelResolved")
+    assert resolved["status"] == "False"
+    assert resolved["reason"] == reason
+    assert message in resolved["message"]
+    assert condition(md, "Ready")["status"] == "False"
+    assert not k8s.apps.list_namespaced_deployment(k8s.ns).items
+
+
+def test_missing_credentials_secret_is_reported(
+    k8s: Cluster, operator: Any, register_model: Callable[..., Any], mlflow_server: Any
+) -> None:
+    model = register_model(n=1)
+    spec = {
+        "model": {"name": model.name, "alias": "champion"},
+        "registry": {
+            "trackingUri": mlflow_server.url,
+            "credentialsSecretRef": {"name": "mlflow-creds"},
+        },
+    }
+    k8s.create("creds", spec)
+    md = k8s.wait_md("creds", "CredentialsNotFound", lambda m: condition(m, "ModelResolved"))
+    assert condition(md, "ModelResolved")["reason"] == "CredentialsNotFound"
+    assert "mlflow-creds" in condition(md, "ModelResolved")["message"]
+
+    # Once the Secret exists, the retry resolves and the server gets the keys from it.
+    k8s.core.create_namespaced_secret(
+        k8s.ns,
+        {
+            "metadata": {"name": "mlflow-creds"},
+            "stringData": {"MLFLOW_TRACKING_USERNAME": "u", "MLFLOW_TRACKING_PASSWORD": "p"},
+        },
+    )
+    wait_for("the Deployment", lambda: k8s.deployment("creds"), timeout=60)
+    env = k8s.deployment("creds").spec.template.spec.containers[0].env
+    refs = {e.name: e.value_from.secret_key_ref.name for e in env if e.value_from}
+    assert refs["MLFLOW_TRACKING_PASSWORD"] == "mlflow-creds"
+    assert all(e.value is None for e in env if e.name.startswith("MLFLOW_TRACKING_P"))
+
+
+def test_registry_outage_keeps_the_server_running(
+    k8s: Cluster,
+    operator: Any,
+    register_model: Callable[..., Any],
+    private_mlflow: Any,
+) -> None:
+    model = private_mlflow.register()
+    k8s.create(
+        "steady",
+        {
+            "model": {"name": model, "alias": "champion"},
+            "registry": {"trackingUri": private_mlflow.url},
+        },
+    )
+    wait_for("status.model", lambda: k8s.md("steady").get("status", {}).get("model"))
+    before = k8s.deployment("steady")
+
+    private_mlflow.stop()
+    md = k8s.wait_md(
+        "steady",
+        "RegistryUnavailable",
+        lambda m: condition(m, "ModelResolved").get("reason") == "RegistryUnavailable",
+        timeout=60,
+    )
+    assert condition(md, "ModelResolved")["status"] == "False"
+    assert md["status"]["model"]["version"] == 1  # still says what is live
+    after = k8s.deployment("steady")
+    assert after.metadata.resource_version == before.metadata.resource_version
+    assert k8s.env("steady")["MODELYARD_MODEL_URI"] == f"models:/{model}/1"
+
+
+def test_operator_restart_changes_no_child(
+    k8s: Cluster, crd: Any, register_model: Callable[..., Any], mlflow_server: Any
+) -> None:
+    model = register_model(n=1)
+    spec = {
+        "model": {"name": model.name, "alias": "champion"},
+        "registry": {"trackingUri": mlflow_server.url},
+        "server": {"replicas": 2},
+    }
+
+    def children() -> dict[str, str]:
+        found = {}
+        for kind, items in (
+            ("Deployment", k8s.apps.list_namespaced_deployment(k8s.ns).items),
+            ("Service", k8s.core.list_namespaced_service(k8s.ns).items),
+            ("PodDisruptionBudget", k8s.policy.list_namespaced_pod_disruption_budget(k8s.ns).items),
+        ):
+            for obj in items:
+                found[f"{kind}/{obj.metadata.name}"] = obj.metadata.resource_version
+        return found
+
+    with running_operator(k8s.ns):
+        k8s.create("steady", spec)
+        wait_for("status.model", lambda: k8s.md("steady").get("status", {}).get("model"))
+        wait_for("the PDB", lambda: k8s.policy.list_namespaced_pod_disruption_budget(k8s.ns).items)
+        # Let at least one timer pass re-apply everything.
+        time.sleep(RESOLVE_INTERVAL * 2)
+        first = children()
+        history = k8s.md("steady")["status"]["history"]
+    assert set(first) == {"Deployment/steady", "Service/steady", "PodDisruptionBudget/steady"}
+
+    with running_operator(k8s.ns):
+        # Resume handler plus a few timer passes.
+        time.sleep(RESOLVE_INTERVAL * 3)
+        assert children() == first  # same objects, same resourceVersions: nothing rewritten
+        assert k8s.md("steady")["status"]["history"] == history
+
+
+def test_deletion_removes_children_and_the_registry_tag(
+    k8s: Cluster, operator: Any, register_model: Callable[..., Any], mlflow_server: Any
+) -> None:
+    model = register_model(n=1)
+    k8s.create(
+        "gone",
+        {
+            "model": {"name": model.name, "alias": "champion"},
+            "registry": {"trackingUri": mlflow_server.url},
+        },
+    )
+    wait_for("status.model", lambda: k8s.md("gone").get("status", {}).get("model"))
+    mlflow = MlflowClient(mlflow_server.url)
+    key = deployed_tag_key(k8s.ns, "gone")
+    assert key in mlflow.get_model_version(model.name, "1").tags
+
+    k8s.custom.delete_namespaced_custom_object(GROUP, VERSION, k8s.ns, PLURAL, "gone")
+    wait_for(
+        "the tag to be removed", lambda: key not in mlflow.get_model_version(model.name, "1").tags
+    )
+    wait_for(
+        "the ModelDeployment to go",
+        lambda: (
+            not k8s.custom.list_namespaced_custom_object(GROUP, VERSION, k8s.ns, PLURAL)["items"]
+        ),
+    )
+    # The garbage collector removes what the owner references point at.
+    wait_for(
+        "the Deployment to be collected",
+        lambda: not k8s.apps.list_namespaced_deployment(k8s.ns).items,
+        timeout=60,
+    )
+    wait_for(
+        "the Service to be collected",
+        lambda: not k8s.core.list_namespaced_service(k8s.ns).items,
+        timeout=60,
+    )
