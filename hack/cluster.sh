@@ -9,6 +9,9 @@
 #   hack/cluster.sh env      shell exports: KUBECONFIG and PATH (kubectl, helm first)
 #   hack/cluster.sh status   exit 0 when the API server answers /readyz
 #
+# Ports (APISERVER_PORT=6443, ETCD_PORT=2379, ETCD_PEER_PORT=2380,
+# CONTROLLER_MANAGER_PORT=10257, SCHEDULER_PORT=10259) can be moved to run a second
+# cluster beside the first.
 # State lives in $CLUSTER_DIR (default: .cluster/ in the repository): pki/, logs/,
 # run/ (pid files), etcd/ and kubeconfig (the admin kubeconfig).
 set -euo pipefail
@@ -24,6 +27,8 @@ run=$dir/run
 api_port=${APISERVER_PORT:-6443}
 etcd_port=${ETCD_PORT:-2379}
 etcd_peer_port=${ETCD_PEER_PORT:-2380}
+controller_manager_port=${CONTROLLER_MANAGER_PORT:-10257}
+scheduler_port=${SCHEDULER_PORT:-10259}
 service_cidr=${SERVICE_CIDR:-10.0.0.0/24}
 cluster_cidr=${CLUSTER_CIDR:-10.88.0.0/16}
 first_service_ip=${FIRST_SERVICE_IP:-10.0.0.1}
@@ -173,7 +178,7 @@ up() {
   "$root/hack/build-tools.sh" ${NODE:+node}
   local t0=$SECONDS
   mkdir -p "$logs" "$run" "$dir/etcd"
-  for p in "$api_port" "$etcd_port" "$etcd_peer_port"; do
+  for p in "$api_port" "$etcd_port" "$etcd_peer_port" "$controller_manager_port" "$scheduler_port"; do
     if ! pid_alive etcd && ! pid_alive kube-apiserver && ! port_free "$p"; then
       die "port $p is in use by another program; stop it or set APISERVER_PORT/ETCD_PORT"
     fi
@@ -225,7 +230,7 @@ up() {
     --kubeconfig "$dir/controller-manager.kubeconfig" \
     --authentication-kubeconfig "$dir/controller-manager.kubeconfig" \
     --authorization-kubeconfig "$dir/controller-manager.kubeconfig" \
-    --bind-address 127.0.0.1 --secure-port 10257 \
+    --bind-address 127.0.0.1 --secure-port "$controller_manager_port" \
     --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
     --cluster-signing-cert-file "$pki/ca.crt" --cluster-signing-key-file "$pki/ca.key" \
     --use-service-account-credentials --controllers '*' --leader-elect=false \
@@ -243,13 +248,13 @@ EOF
   start kube-scheduler "$bin/kube-scheduler" --config "$dir/scheduler.yaml" \
     --authentication-kubeconfig "$dir/scheduler.kubeconfig" \
     --authorization-kubeconfig "$dir/scheduler.kubeconfig" \
-    --bind-address 127.0.0.1 --secure-port 10259 --v 1
+    --bind-address 127.0.0.1 --secure-port "$scheduler_port" --v 1
 
   # The controllers must be running too, not only the API server: the default
   # ServiceAccount appears once the serviceaccount controller has run.
   wait_for "the controllers (default ServiceAccount)" 60 \
     "$bin/kubectl" --kubeconfig "$dir/kubeconfig" -n default get serviceaccount default
-  wait_for kube-scheduler 30 curl -sfk --max-time 2 https://127.0.0.1:10259/healthz
+  wait_for kube-scheduler 30 curl -sfk --max-time 2 "https://127.0.0.1:$scheduler_port/healthz"
   log "up in $((SECONDS - t0))s: export KUBECONFIG=$dir/kubeconfig (or: eval \"\$(make -s cluster-env)\")"
 }
 
