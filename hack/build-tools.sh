@@ -5,7 +5,7 @@
 # pinned version is reused, so a warm run takes seconds.
 #
 #   hack/build-tools.sh            # control plane + kubectl + helm
-#   hack/build-tools.sh node       # also kubelet and kube-proxy (for NODE=1)
+#   hack/build-tools.sh node       # also kubelet, kube-proxy, crictl, CoreDNS (NODE=1)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -41,6 +41,8 @@ build() {
 k8s_version=$(modver kubernetes k8s.io/kubernetes)
 etcd_version=$(modver etcd go.etcd.io/etcd/server/v3)
 helm_version=$(modver helm helm.sh/helm/v3)
+crictl_version=$(modver crictl sigs.k8s.io/cri-tools)
+coredns_version=$(modver coredns github.com/coredns/coredns)
 
 # Same version stamping as kubernetes' hack/lib/version.sh, so `kubectl version`
 # and /version report the real release instead of v0.0.0-master.
@@ -74,4 +76,10 @@ for c in "${k8s_cmds[@]}"; do
 done
 CGO_ENABLED=0 build helm helm "$helm_version" helm.sh/helm/v3/cmd/helm \
   -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version"
+if [[ ${1:-} == node ]]; then
+  CGO_ENABLED=0 build crictl crictl "$crictl_version" sigs.k8s.io/cri-tools/cmd/crictl \
+    -ldflags "-s -w"
+  CGO_ENABLED=0 build coredns coredns "$coredns_version" github.com/coredns/coredns \
+    -ldflags "-s -w"
+fi
 log "binaries ready in $bin"

@@ -105,6 +105,8 @@ def test_anonymous_requests_are_rejected(api_client: client.ApiClient) -> None:
     anon_cfg = client.Configuration()
     anon_cfg.host = cfg.host
     anon_cfg.ssl_ca_cert = cfg.ssl_ca_cert
-    with client.ApiClient(anon_cfg) as anon:
-        with pytest.raises(ApiException, match=r"\((401|403)\)"):
-            client.CoreV1Api(anon).list_namespace()
+    with (
+        client.ApiClient(anon_cfg) as anon,
+        pytest.raises(ApiException, match=r"\((401|403)\)"),
+    ):
+        client.CoreV1Api(anon).list_namespace()
