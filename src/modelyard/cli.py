@@ -52,6 +52,10 @@ def _register_components() -> None:
 
     register_operator(app)
 
+    from modelyard.pipelines.cli import register as register_pipelines
+
+    register_pipelines(app)
+
 
 _register_components()
 
