@@ -5,6 +5,8 @@
 # service-account token signing.
 #
 #   hack/cluster.sh up       build (first time) and start; harmless when already up
+#                            NODE=1 adds a real node (hack/node/node.sh): containerd,
+#                            CNI, kubelet, kube-proxy, CoreDNS, local volumes
 #   hack/cluster.sh down     stop everything it started and wipe the etcd data
 #   hack/cluster.sh env      shell exports: KUBECONFIG and PATH (kubectl, helm first)
 #   hack/cluster.sh status   exit 0 when the API server answers /readyz
@@ -37,6 +39,8 @@ first_service_ip=${FIRST_SERVICE_IP:-10.0.0.1}
 advertise=${ADVERTISE_ADDRESS:-$(ip -4 route get 1.1.1.1 2>/dev/null | awk '{for(i=1;i<NF;i++) if($i=="src") print $(i+1)}' | head -n1)}
 advertise=${advertise:-127.0.0.1}
 components=(etcd kube-apiserver kube-controller-manager kube-scheduler)
+# shellcheck source=hack/node/node.sh
+source "$root/hack/node/node.sh"
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -134,7 +138,7 @@ start() { # start NAME ARGS...: run in its own session, log to logs/NAME.log
 
 tail_logs() {
   local c
-  for c in "${components[@]}"; do
+  for c in "${components[@]}" "${node_components[@]}"; do
     [[ -f $logs/$c.log ]] || continue
     echo "----- last lines of $logs/$c.log" >&2
     tail -n 25 "$logs/$c.log" >&2
@@ -146,7 +150,7 @@ wait_for() { # wait_for WHAT SECONDS COMMAND...
   local deadline=$((SECONDS + limit))
   until "$@" >/dev/null 2>&1; do
     local c
-    for c in "${components[@]}"; do
+    for c in "${components[@]}" "${node_components[@]}"; do
       if [[ -f $run/$c.pid ]] && ! pid_alive "$c"; then
         tail_logs
         die "$c exited while waiting for $what (log: $logs/$c.log)"
@@ -170,6 +174,10 @@ port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 up() {
   if readyz; then
+    if [[ -n ${NODE:-} ]] && ! pid_alive kubelet; then
+      "$root/hack/build-tools.sh" node
+      node_up
+    fi
     log "already up: KUBECONFIG=$dir/kubeconfig"
     return
   fi
@@ -255,6 +263,9 @@ EOF
   wait_for "the controllers (default ServiceAccount)" 60 \
     "$bin/kubectl" --kubeconfig "$dir/kubeconfig" -n default get serviceaccount default
   wait_for kube-scheduler 30 curl -sfk --max-time 2 "https://127.0.0.1:$scheduler_port/healthz"
+  if [[ -n ${NODE:-} ]]; then
+    node_up
+  fi
   log "up in $((SECONDS - t0))s: export KUBECONFIG=$dir/kubeconfig (or: eval \"\$(make -s cluster-env)\")"
 }
 
@@ -276,12 +287,13 @@ stop_pid() { # stop_pid NAME: TERM the process group, then KILL after 10 s
 
 down() {
   local c i
+  node_down
   for ((i = ${#components[@]} - 1; i >= 0; i--)); do
     stop_pid "${components[$i]}"
   done
   # Anything of ours left behind (a pid file lost with a killed shell): match on our
   # own state directory, which only our processes have on their command line.
-  for c in "${components[@]}"; do
+  for c in "${components[@]}" kubelet kube-proxy; do
     pkill -KILL -f "^$bin/$c .*$dir" 2>/dev/null || true
   done
   rm -rf "$dir/etcd" "$run"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from support.kube import md_body
+from support.kube import md_body, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -150,7 +150,15 @@ def test_name_too_long_for_its_children(
 
 
 def test_kubectl_explain_teaches_the_fields(cluster: Any, crd: Any) -> None:
-    out = cluster.run_kubectl("explain", "md.spec.model").stdout
+    # The API server publishes a new CRD's OpenAPI schema a moment after Established.
+    explained = wait_for(
+        "kubectl explain",
+        lambda: (
+            (r := cluster.run_kubectl("explain", "md.spec.model", check=False)).returncode == 0
+            and r
+        ),
+    )
+    out = explained.stdout
     assert "exactly one of" in out
     for field in ("alias", "name", "stage", "version"):
         assert f"{field}\t" in out or f"  {field}" in out

@@ -360,6 +360,7 @@ def test_deletion_removes_children_and_the_registry_tag(
         lambda: (
             not k8s.custom.list_namespaced_custom_object(GROUP, VERSION, k8s.ns, PLURAL)["items"]
         ),
+        timeout=90,
     )
     # The garbage collector removes what the owner references point at.
     wait_for(

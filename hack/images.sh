@@ -1,0 +1,212 @@
+#!/usr/bin/env bash
+# Builds the project's images from its own Dockerfiles and loads them into the cluster.
+#
+#   hack/images.sh build      build the images (docker build with a Docker engine,
+#                             else buildah from a debootstrap base image)
+#   hack/images.sh load       load them into the node: `kind load` on kind, else
+#                             `ctr import` into the built-in node's containerd
+#   hack/images.sh            both
+#
+# Images: modelyard/modelyard:<version> (Dockerfile: operator, MLflow, pipelines),
+# modelyard/server:<version> (serving/Dockerfile), and for the built-in node only the
+# pause and CoreDNS images (nothing can be pulled there).
+#
+# Built images are kept as OCI archives under $MODELYARD_CACHE/images, keyed by a hash
+# of their inputs: an unchanged tree is loaded from the cache without building.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cache=${MODELYARD_CACHE:-$HOME/.cache/modelyard}
+bin=$cache/bin
+store=$cache/images
+dir=${CLUSTER_DIR:-$root/.cluster}
+version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$root/src/modelyard/_version.py")
+pause_image=${PAUSE_IMAGE:-registry.k8s.io/pause:3.10}
+base_image=localhost/modelyard/debian:bookworm
+toolkit_image=modelyard/modelyard:$version
+server_image=modelyard/server:$version
+cluster=${CLUSTER:-local}
+mkdir -p "$store"
+
+log() { printf '[images] %s\n' "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+have_docker() { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }
+
+# inputs_hash FILE...: a hash of the image's inputs (tracked files and their content).
+inputs_hash() {
+  (
+    cd "$root"
+    local f
+    # Tracked and untracked (not ignored) files alike: what the build context holds.
+    git ls-files -z -co --exclude-standard -- "$@" | sort -z | while IFS= read -r -d '' f; do
+      if [[ -L $f ]]; then
+        printf 'link %s %s\n' "$f" "$(readlink "$f")"
+      elif [[ -f $f ]]; then
+        sha256sum "$f"
+      fi
+    done
+  ) | sha256sum | cut -c1-16
+}
+
+# The CRI resolves a short name like modelyard/server:1 to docker.io/modelyard/server:1,
+# so images are imported into containerd under their fully qualified names.
+qualified() {
+  local first=${1%%/*}
+  if [[ $1 == */* && ( $first == *.* || $first == *:* || $first == localhost ) ]]; then
+    printf '%s' "$1"
+  else
+    printf 'docker.io/%s' "$1"
+  fi
+}
+
+archive_of() { # archive_of IMAGE HASH
+  local safe=${1//[\/:]/_}
+  printf '%s/%s-%s.tar' "$store" "$safe" "$2"
+}
+
+# ------------------------------------------------------------------- buildah images
+base() {
+  if buildah inspect --type image "$base_image" >/dev/null 2>&1; then
+    return
+  fi
+  local tar=$store/debian-bookworm-rootfs.tar
+  if [[ ! -f $tar ]]; then
+    log "making the base image with debootstrap (first time, about a minute)"
+    local rootfs
+    rootfs=$(mktemp -d)
+    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+      bookworm "$rootfs" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >/dev/null
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+    tar -C "$rootfs" -cf "$tar.tmp" .
+    mv "$tar.tmp" "$tar"
+    rm -rf "$rootfs"
+  fi
+  local ctr
+  ctr=$(buildah from scratch)
+  buildah add --quiet "$ctr" "$tar" / >/dev/null
+  buildah config --env PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    --cmd /bin/bash "$ctr"
+  buildah commit --quiet --rm "$ctr" "$base_image" >/dev/null
+  log "base image $base_image ready"
+}
+
+# build_dockerfile IMAGE DOCKERFILE: build with buildah or docker, keep an OCI archive.
+build_dockerfile() {
+  local image=$1 dockerfile=$2 hash archive
+  hash=$(inputs_hash Dockerfile serving/Dockerfile .dockerignore pyproject.toml \
+    constraints.txt src operator serving pipelines)
+  archive=$(archive_of "$image" "$hash")
+  if [[ -f $archive ]]; then
+    log "$image: unchanged, cached at $archive"
+    echo "$archive"
+    return
+  fi
+  local t0=$SECONDS
+  log "building $image from $dockerfile"
+  mkdir -p "$cache/pip"
+  if have_docker; then
+    docker build -t "$image" -f "$root/$dockerfile" "$root" >&2
+  else
+    base
+    # The pip cache is a volume, so rebuilding after a code change downloads nothing.
+    local extra=()
+    # Where the host reaches PyPI through a TLS-inspecting proxy, the build trusts the
+    # host's CA bundle; it is mounted for the build only, never part of the image.
+    local ca=${PIP_CERT:-${SSL_CERT_FILE:-}}
+    if [[ -n $ca && -f $ca ]]; then
+      extra+=(-v "$ca:/etc/ssl/certs/build-ca.pem:ro" --build-arg PIP_CERT=/etc/ssl/certs/build-ca.pem)
+    fi
+    buildah bud --quiet --layers --pull=never --network=host \
+      --build-arg "BASE_IMAGE=$base_image" -v "$cache/pip:/root/.cache/pip" "${extra[@]}" \
+      -f "$root/$dockerfile" -t "$image" "$root" >&2
+    rm -f "$store/${image//[\/:]/_}"-*.tar
+    buildah push --quiet "$image" "oci-archive:$archive.tmp:$(qualified "$image")" >&2
+    mv "$archive.tmp" "$archive"
+  fi
+  log "built $image in $((SECONDS - t0))s"
+  echo "$archive"
+}
+
+# scratch_image IMAGE FILE ENTRYPOINT...: a FROM-scratch image with one static binary.
+scratch_image() {
+  local image=$1 file=$2; shift 2
+  local hash archive ctr
+  hash=$(sha256sum "$file" | cut -c1-16)
+  archive=$(archive_of "$image" "$hash")
+  if [[ ! -f $archive ]]; then
+    ctr=$(buildah from scratch)
+    buildah copy --quiet "$ctr" "$file" "/$(basename "$file")" >/dev/null
+    local ep
+    ep=$(printf '"%s",' "$@")
+    buildah config --entrypoint "[${ep%,}]" --user 65535:65535 "$ctr"
+    buildah commit --quiet --rm "$ctr" "$image" >/dev/null
+    buildah push --quiet "$image" "oci-archive:$archive.tmp:$(qualified "$image")" >&2
+    mv "$archive.tmp" "$archive"
+  fi
+  echo "$archive"
+}
+
+pause_archive() {
+  local out=$cache/build/pause
+  mkdir -p "$out"
+  if [[ ! -x $out/pause || $root/hack/images/pause/pause.c -nt $out/pause ]]; then
+    gcc -Os -static -o "$out/pause" "$root/hack/images/pause/pause.c"
+  fi
+  scratch_image "$pause_image" "$out/pause" /pause
+}
+
+coredns_archive() {
+  local v
+  v=$(readlink "$bin/coredns" | sed 's/.*coredns-//')
+  [[ -n $v ]] || die "CoreDNS is not built: run hack/build-tools.sh node"
+  scratch_image "modelyard/coredns:$v" "$bin/coredns" /coredns
+}
+
+build() {
+  build_dockerfile "$toolkit_image" Dockerfile >/dev/null
+  build_dockerfile "$server_image" serving/Dockerfile >/dev/null
+}
+
+# -------------------------------------------------------------------------- loading
+ctr_import() { # ctr_import ARCHIVE IMAGE: import unless the node has this very archive
+  local sock want
+  sock=$(cat "$dir/containerd/address" 2>/dev/null || true)
+  [[ -S $sock ]] || die "no node containerd (socket ${sock:-unknown}): start the cluster with NODE=1"
+  want=$(basename "$1")
+  set -- "$1" "$(qualified "$2")"
+  # A label on the image remembers which archive (inputs hash) it came from.
+  if ctr -a "$sock" -n k8s.io images ls "name==$2" 2>/dev/null \
+    | grep -q "modelyard.io/archive=$want"; then
+    return
+  fi
+  log "importing $2 into the node"
+  ctr -a "$sock" -n k8s.io images import "$1" >/dev/null
+  ctr -a "$sock" -n k8s.io images label "$2" "modelyard.io/archive=$want" >/dev/null
+}
+
+load() {
+  if [[ $cluster == kind ]]; then
+    local name=${KIND_CLUSTER_NAME:-modelyard}
+    "$bin/kind" load docker-image --name "$name" "$toolkit_image" "$server_image"
+    return
+  fi
+  ctr_import "$(pause_archive)" "$pause_image"
+  ctr_import "$(coredns_archive)" "modelyard/coredns:$(readlink "$bin/coredns" | sed 's/.*coredns-//')"
+  ctr_import "$(build_dockerfile "$toolkit_image" Dockerfile)" "$toolkit_image"
+  ctr_import "$(build_dockerfile "$server_image" serving/Dockerfile)" "$server_image"
+}
+
+# The node needs the pause image before any pod; cluster.sh calls this.
+load_node_images() {
+  ctr_import "$(pause_archive)" "$pause_image"
+  ctr_import "$(coredns_archive)" "modelyard/coredns:$(readlink "$bin/coredns" | sed 's/.*coredns-//')"
+}
+
+case ${1:-all} in
+  build) build ;;
+  load) load ;;
+  node) load_node_images ;;
+  all) build && load ;;
+  *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac
