@@ -294,7 +294,7 @@ def register(app: typer.Typer) -> None:
         file: Annotated[Path, typer.Argument(help="Pipeline YAML file.")],
         image: Annotated[
             str | None,
-            typer.Option(help="Container image (default modelyard/pipelines:<version>)."),
+            typer.Option(help="Container image (default modelyard/modelyard:<version>)."),
         ] = None,
         namespace: Annotated[str | None, typer.Option("--namespace", "-n")] = None,
         job: Annotated[

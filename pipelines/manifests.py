@@ -15,7 +15,7 @@ from typing import Any
 from modelyard._version import __version__
 from modelyard.pipelines.definition import PipelineSpec, Resources, StepSpec
 
-DEFAULT_IMAGE = f"modelyard/pipelines:{__version__}"
+DEFAULT_IMAGE = f"modelyard/modelyard:{__version__}"
 PIPELINE_DIR = "/etc/modelyard"
 PIPELINE_FILE = "pipeline.yaml"
 LAKE_MOUNT = "/var/lib/modelyard/lake"

@@ -56,6 +56,10 @@ def _register_components() -> None:
 
     register_pipelines(app)
 
+    from modelyard.pipelines.drift.cli import register as register_drift
+
+    register_drift(app)
+
 
 _register_components()
 

@@ -1,0 +1,195 @@
+{{/* The chart name, or nameOverride. */}}
+{{- define "modelyard.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+The prefix of every object name: the release name, with the chart name appended unless
+the release name already contains it. Truncated so that "<fullname>-operator" etc. fit.
+*/}}
+{{- define "modelyard.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 40 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "modelyard.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels of every object; pass a dict with "ctx" (the root) and "component". */}}
+{{- define "modelyard.labels" -}}
+helm.sh/chart: {{ include "modelyard.chart" .ctx }}
+{{ include "modelyard.selectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: modelyard
+{{- end -}}
+
+{{/* Selector labels; pass a dict with "ctx" and "component". */}}
+{{- define "modelyard.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "modelyard.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end -}}
+
+{{- define "modelyard.operator.fullname" -}}
+{{- printf "%s-operator" (include "modelyard.fullname" .) -}}
+{{- end -}}
+
+{{- define "modelyard.operator.serviceAccountName" -}}
+{{- if .Values.operator.serviceAccount.create -}}
+{{- default (include "modelyard.operator.fullname" .) .Values.operator.serviceAccount.name -}}
+{{- else -}}
+{{- required "operator.serviceAccount.name is required when operator.serviceAccount.create is false" .Values.operator.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Cluster-scoped object names carry the namespace: two releases of the same name in
+two namespaces must not share a ClusterRole. */}}
+{{- define "modelyard.operator.clusterName" -}}
+{{- printf "%s-%s-operator" .Release.Namespace (include "modelyard.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "modelyard.mlflow.fullname" -}}
+{{- printf "%s-mlflow" (include "modelyard.fullname" .) -}}
+{{- end -}}
+
+{{/* The in-cluster URL of the chart's MLflow server. */}}
+{{- define "modelyard.mlflow.url" -}}
+{{- printf "http://%s.%s.svc:%v" (include "modelyard.mlflow.fullname" .) .Release.Namespace .Values.mlflow.service.port -}}
+{{- end -}}
+
+{{/* The registry the operator and the pipelines use, unless told otherwise. */}}
+{{- define "modelyard.trackingUri" -}}
+{{- if .Values.mlflow.enabled -}}
+{{- include "modelyard.mlflow.url" . -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "modelyard.lake.claimName" -}}
+{{- default (printf "%s-lake" (include "modelyard.fullname" .)) .Values.lake.persistence.existingClaim -}}
+{{- end -}}
+
+{{- define "modelyard.mlflow.claimName" -}}
+{{- default (include "modelyard.mlflow.fullname" .) .Values.mlflow.persistence.existingClaim -}}
+{{- end -}}
+
+{{/* True ("true") when MLflow keeps something on its volume. */}}
+{{- define "modelyard.mlflow.needsVolume" -}}
+{{- if or (not .Values.mlflow.backendStore.postgresql.host) (not .Values.mlflow.artifacts.s3.bucket) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{- define "modelyard.image" -}}
+{{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) -}}
+{{- end -}}
+
+{{/* The Pod Security "restricted" profile: the pod part. */}}
+{{- define "modelyard.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* The Pod Security "restricted" profile: the container part. */}}
+{{- define "modelyard.containerSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/*
+The operator's namespaced permissions, the same in both modes (ClusterRole or one Role
+per watched namespace). No wildcards: tests/unit/chart checks it.
+*/}}
+{{- define "modelyard.operator.rules" -}}
+- apiGroups: [modelyard.io]
+  resources: [modeldeployments]
+  verbs: [get, list, watch, patch, update]
+- apiGroups: [modelyard.io]
+  resources: [modeldeployments/status]
+  verbs: [get, patch, update]
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [autoscaling]
+  resources: [horizontalpodautoscalers]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [batch]
+  resources: [cronjobs, jobs]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get]
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create, patch]
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end -}}
+
+{{/*
+The pipelines to schedule, as a JSON list: the samples (files/pipelines/*.yaml, when
+pipelines.samples) and pipelines.definitions. Each item: name, source (the YAML text, or
+empty with pathInImage), schedule, timeZone, timeoutSeconds, resources, suspend, skipSteps.
+*/}}
+{{- define "modelyard.pipelines" -}}
+{{- $items := list -}}
+{{- if .Values.pipelines.samples -}}
+{{- range $path, $bytes := .Files.Glob "files/pipelines/*.yaml" -}}
+{{- $source := toString $bytes -}}
+{{- $def := fromYaml $source -}}
+{{- $items = append $items (dict "name" $def.name "source" $source "pathInImage" "" "schedule" $def.schedule "timeZone" ($def.timezone | default "") "timeoutSeconds" ($def.timeout_seconds | default 0) "resources" ($def.resources | default dict) "suspend" false "skipSteps" list) -}}
+{{- end -}}
+{{- end -}}
+{{- range $key, $p := .Values.pipelines.definitions -}}
+{{- $def := dict -}}
+{{- if $p.definition -}}
+{{- $def = fromYaml $p.definition -}}
+{{- if hasKey $def "Error" -}}
+{{- fail (printf "pipelines.definitions.%s.definition is not valid YAML: %s" $key $def.Error) -}}
+{{- end -}}
+{{- else if not $p.pathInImage -}}
+{{- fail (printf "pipelines.definitions.%s needs a definition (the pipeline YAML) or a pathInImage" $key) -}}
+{{- end -}}
+{{- $schedule := $p.schedule | default $def.schedule -}}
+{{- if not $schedule -}}
+{{- fail (printf "pipelines.definitions.%s has no schedule: set schedule in the pipeline or in the values" $key) -}}
+{{- end -}}
+{{- $items = append $items (dict "name" $key "source" ($p.definition | default "") "pathInImage" ($p.pathInImage | default "") "schedule" $schedule "timeZone" ($p.timeZone | default $def.timezone | default "") "timeoutSeconds" ($def.timeout_seconds | default 0) "resources" ($p.resources | default $def.resources | default dict) "suspend" ($p.suspend | default false) "skipSteps" ($p.skipSteps | default list)) -}}
+{{- end -}}
+{{- toJson $items -}}
+{{- end -}}
+
+{{- define "modelyard.pipeline.cronJobName" -}}
+{{- printf "%s-%s" (include "modelyard.fullname" .ctx) .name | lower | replace "_" "-" | trunc 52 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "modelyard.pipeline.configMapName" -}}
+{{- printf "%s-%s-pipeline" (include "modelyard.fullname" .ctx) .name | lower | replace "_" "-" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}

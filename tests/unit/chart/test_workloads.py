@@ -1,0 +1,226 @@
+"""What the chart runs: the operator, MLflow, the pipelines and the `helm test` pod."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from unit.chart.rendering import CHART, CI_VALUES, env_of, find, one, pod_spec, render, workloads
+
+OPERATOR = "my-modelyard-operator"
+MLFLOW = "my-modelyard-mlflow"
+MLFLOW_URL = "http://my-modelyard-mlflow.ml.svc:5000"
+
+
+def container(obj: dict[str, Any]) -> dict[str, Any]:
+    containers = pod_spec(obj)["containers"]
+    assert len(containers) == 1
+    return dict(containers[0])
+
+
+def args_of(obj: dict[str, Any]) -> dict[str, str]:
+    """--name=value arguments of the container."""
+    return dict(arg[2:].split("=", 1) for arg in container(obj)["args"] if "=" in arg)
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
+def test_every_pod_is_restricted(values: Path) -> None:
+    """The Pod Security "restricted" profile, field by field (the integration tests also
+    let the real admission controller judge)."""
+    objects = list(workloads(render("--values", str(values))))
+    assert objects
+    for obj in objects:
+        spec = pod_spec(obj)
+        assert spec["securityContext"]["runAsNonRoot"] is True
+        assert spec["securityContext"]["runAsUser"] == 10001
+        assert spec["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for c in spec["containers"]:
+            sc = c["securityContext"]
+            assert sc["allowPrivilegeEscalation"] is False, obj["metadata"]["name"]
+            assert sc["capabilities"] == {"drop": ["ALL"]}
+            assert sc["readOnlyRootFilesystem"] is True
+            assert sc["runAsNonRoot"] is True
+            assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+            assert "resources" in c
+        assert {"name": "tmp", "emptyDir": {}} in spec["volumes"]
+        # Only the operator talks to the API server.
+        is_operator = obj["metadata"]["name"] == OPERATOR
+        assert spec["automountServiceAccountToken"] is is_operator
+
+
+def test_operator(default_objects: list[dict[str, Any]]) -> None:
+    deployment = one(default_objects, "Deployment", OPERATOR)
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    c = container(deployment)
+    assert c["image"] == "modelyard/modelyard:0.1.0"
+    assert c["imagePullPolicy"] == "IfNotPresent"
+    assert c["command"] == ["modelyard", "operator"]
+    assert "--liveness=http://0.0.0.0:8080/healthz" in c["args"]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert c["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
+    env = env_of(c)
+    assert env["MODELYARD_DEFAULT_TRACKING_URI"] == MLFLOW_URL
+    assert env["MODELYARD_SERVER_IMAGE"] == "modelyard/server:0.1.0"
+    assert env["MODELYARD_SERVER_IMAGE_PULL_POLICY"] == "IfNotPresent"
+    assert env["MODELYARD_RESOLVE_INTERVAL"] == "30"
+    assert pod_spec(deployment)["serviceAccountName"] == OPERATOR
+    service = one(default_objects, "Service", OPERATOR)
+    assert service["spec"]["ports"][0]["port"] == 8080
+
+
+def test_operator_settings_from_values() -> None:
+    objects = render(
+        "--set",
+        "operator.resolveInterval=5",
+        "--set",
+        "operator.predictionLog=s3://logs/predictions",
+        "--set",
+        "image.server.tag=2.0.0",
+        "--set",
+        "operator.verbose=true",
+    )
+    c = container(one(objects, "Deployment", OPERATOR))
+    env = env_of(c)
+    assert env["MODELYARD_RESOLVE_INTERVAL"] == "5"
+    assert env["MODELYARD_PREDICTION_LOG"] == "s3://logs/predictions"
+    assert env["MODELYARD_SERVER_IMAGE"] == "modelyard/server:2.0.0"
+    assert "--verbose" in c["args"]
+
+
+def test_mlflow_embedded(default_objects: list[dict[str, Any]]) -> None:
+    deployment = one(default_objects, "Deployment", MLFLOW)
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    c = container(deployment)
+    assert c["command"] == ["mlflow", "server"]
+    args = args_of(deployment)
+    assert args["backend-store-uri"] == "sqlite:////var/lib/mlflow/mlflow.db"
+    assert args["artifacts-destination"] == "/var/lib/mlflow/artifacts"
+    assert "--serve-artifacts" in c["args"]
+    assert args["host"] == "0.0.0.0"
+    assert args["port"] == "5000"
+    hosts = args["allowed-hosts"].split(",")
+    for name in (MLFLOW, f"{MLFLOW}.ml", f"{MLFLOW}.ml.svc", f"{MLFLOW}.ml.svc.cluster.local"):
+        assert name in hosts
+        assert f"{name}:5000" in hosts
+    assert "localhost:*" in hosts
+    assert c["readinessProbe"]["httpGet"]["path"] == "/health"
+    assert {"name": "data", "mountPath": "/var/lib/mlflow"} in c["volumeMounts"]
+    claim = one(default_objects, "PersistentVolumeClaim", MLFLOW)
+    assert "storageClassName" not in claim["spec"]  # the default StorageClass
+    assert one(default_objects, "Service", MLFLOW)["spec"]["ports"][0]["port"] == 5000
+
+
+def test_mlflow_postgres_and_s3_credentials_only_from_secrets() -> None:
+    values = CHART / "ci" / "external-postgres-s3-values.yaml"
+    objects = render("--values", str(values))
+    deployment = one(objects, "Deployment", MLFLOW)
+    args = args_of(deployment)
+    assert args["backend-store-uri"] == "postgresql+psycopg://postgres.databases.svc:5432/mlflow"
+    assert args["artifacts-destination"] == "s3://mlflow/artifacts"
+    assert "mlflow.example.com" in args["allowed-hosts"].split(",")
+    env = env_of(container(deployment))
+    assert env["PGUSER"] == {"secretKeyRef": {"name": "mlflow-postgres", "key": "username"}}
+    assert env["PGPASSWORD"] == {"secretKeyRef": {"name": "mlflow-postgres", "key": "password"}}
+    assert env["PGSSLMODE"] == "require"
+    assert env["AWS_ACCESS_KEY_ID"] == {
+        "secretKeyRef": {"name": "mlflow-s3", "key": "AWS_ACCESS_KEY_ID"}
+    }
+    assert env["AWS_SECRET_ACCESS_KEY"] == {
+        "secretKeyRef": {"name": "mlflow-s3", "key": "AWS_SECRET_ACCESS_KEY"}
+    }
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio.storage.svc:9000"
+    # Nothing local: no volume for MLflow.
+    assert find(objects, "PersistentVolumeClaim", MLFLOW) == []
+    assert all(v["name"] != "data" for v in pod_spec(deployment)["volumes"])
+    assert find(objects, "Secret") == []
+
+
+def test_samples_as_cronjobs(default_objects: list[dict[str, Any]]) -> None:
+    samples = sorted((CHART / "files" / "pipelines").glob("*.yaml"))
+    cronjobs = find(default_objects, "CronJob")
+    assert len(cronjobs) == len(samples)
+    for sample in samples:
+        definition = yaml.safe_load(sample.read_text())
+        name = definition["name"]
+        cronjob = one(default_objects, "CronJob", f"my-modelyard-{name}")
+        assert cronjob["spec"]["schedule"] == definition["schedule"]
+        assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+        c = container(cronjob)
+        assert c["command"] == ["modelyard", "pipeline", "run"]
+        assert c["args"] == ["/etc/modelyard/pipeline.yaml"]
+        env = env_of(c)
+        assert env["MLFLOW_TRACKING_URI"] == MLFLOW_URL
+        assert env["MODELYARD_LAKE"] == "/var/lib/modelyard/lake"
+        assert {"name": "lake", "mountPath": "/var/lib/modelyard/lake"} in c["volumeMounts"]
+        assert c["resources"] == definition["resources"]
+        config_map = one(default_objects, "ConfigMap", f"my-modelyard-{name}-pipeline")
+        assert config_map["data"]["pipeline.yaml"] == sample.read_text().rstrip("\n")
+        volumes = {v["name"]: v for v in pod_spec(cronjob)["volumes"]}
+        assert volumes["pipeline"]["configMap"]["name"] == config_map["metadata"]["name"]
+        assert volumes["lake"]["persistentVolumeClaim"]["claimName"] == "my-modelyard-lake"
+    one(default_objects, "PersistentVolumeClaim", "my-modelyard-lake")
+
+
+def test_no_pipelines() -> None:
+    objects = render("--values", str(CHART / "ci" / "no-pipelines-values.yaml"))
+    assert find(objects, "CronJob") == []
+    assert find(objects, "ConfigMap") == []
+    assert find(objects, "PersistentVolumeClaim", "my-modelyard-lake") == []
+
+
+def test_own_pipelines() -> None:
+    objects = render("--values", str(CHART / "ci" / "custom-pipelines-values.yaml"))
+    fraud = one(objects, "CronJob", "my-modelyard-fraud")
+    assert fraud["spec"]["schedule"] == "15 1 * * *"
+    assert fraud["spec"]["timeZone"] == "Europe/Berlin"
+    assert fraud["spec"]["suspend"] is True
+    assert fraud["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"] == 900 + 120
+    c = container(fraud)
+    assert c["image"] == "registry.example.com/modelyard/modelyard:0.1.0"
+    assert c["imagePullPolicy"] == "Always"
+    assert env_of(c)["MODELYARD_LAKE"] == "s3://lake-bucket/modelyard"
+    assert c["envFrom"] == [{"secretRef": {"name": "pipeline-credentials"}}]
+    assert pod_spec(fraud)["imagePullSecrets"] == [{"name": "regcred"}]
+    in_image = one(objects, "CronJob", "my-modelyard-churn-in-image")
+    c = container(in_image)
+    assert c["args"] == ["/opt/pipelines/churn.yaml", "--skip=generate"]
+    assert c["resources"] == {"requests": {"cpu": "1", "memory": "2Gi"}}
+    assert {v["name"] for v in pod_spec(in_image)["volumes"]} == {"tmp"}
+    assert [cm["metadata"]["name"] for cm in find(objects, "ConfigMap")] == [
+        "my-modelyard-fraud-pipeline"
+    ]
+    assert find(objects, "PersistentVolumeClaim", "my-modelyard-lake") == []
+
+
+def test_external_mlflow() -> None:
+    objects = render("--values", str(CHART / "ci" / "external-mlflow-values.yaml"))
+    assert find(objects, "Deployment", MLFLOW) == []
+    assert find(objects, "PersistentVolumeClaim", MLFLOW) == []
+    env = env_of(container(one(objects, "Deployment", OPERATOR)))
+    assert env["MODELYARD_DEFAULT_TRACKING_URI"] == "https://mlflow.example.com"
+    for cronjob in find(objects, "CronJob"):
+        assert env_of(container(cronjob))["MLFLOW_TRACKING_URI"] == "https://mlflow.example.com"
+    test_pod = one(objects, "Pod")
+    assert "MLFLOW_URL" not in env_of(container(test_pod))
+
+
+def test_helm_test_pod(default_objects: list[dict[str, Any]]) -> None:
+    pod = one(default_objects, "Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    env = env_of(container(pod))
+    assert env["OPERATOR_URL"] == "http://my-modelyard-operator.ml.svc:8080/healthz"
+    assert env["MLFLOW_URL"] == f"{MLFLOW_URL}/health"
+
+
+def test_labels(default_objects: list[dict[str, Any]]) -> None:
+    for obj in default_objects:
+        labels = obj["metadata"]["labels"]
+        assert labels["app.kubernetes.io/name"] == "modelyard"
+        assert labels["app.kubernetes.io/instance"] == "my"
+        assert labels["app.kubernetes.io/version"] == "0.1.0"
+        assert labels["app.kubernetes.io/part-of"] == "modelyard"
+        assert labels["app.kubernetes.io/component"]
