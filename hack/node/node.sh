@@ -199,6 +199,8 @@ node_up() {
   node_prereqs
   local t0=$SECONDS
   mkdir -p "$run" "$logs"
+  # down undoes the node's host changes (iptables, sysctls, bridge) only if it ran.
+  touch "$run/node"
   node_certs
   node_sysctls
   node_config
@@ -234,6 +236,7 @@ iptables_cleanup() {
 }
 
 node_down() {
+  [[ -f $run/node ]] || return 0
   stop_pid kube-proxy
   stop_pid kubelet
   if pid_alive containerd && [[ -x $bin/crictl ]]; then
