@@ -52,6 +52,10 @@ def _register_components() -> None:
 
     register_operator(app)
 
+    from modelyard.serving.cli import register as register_serving
+
+    register_serving(app)
+
     from modelyard.pipelines.cli import register as register_pipelines
 
     register_pipelines(app)
