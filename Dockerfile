@@ -17,9 +17,16 @@ COPY src /src/src
 COPY operator /src/operator
 COPY serving /src/serving
 COPY pipelines /src/pipelines
-# Pinned versions; pip precompiles the bytecode (the root filesystem is read-only at
-# run time). The pip cache is a build volume (hack/images.sh), not a layer.
-RUN /opt/modelyard/bin/pip install -c /src/constraints.txt '/src[drift,postgres]'
+# The package goes in as a wheel, the same artifact a release ships, with pinned
+# dependencies; pip precompiles the bytecode (the root filesystem is read-only at run
+# time). pip itself is removed afterwards: nothing installs anything at run time.
+# This stage is the same in Dockerfile and serving/Dockerfile, so a layer-caching
+# builder builds it once for both images.
+RUN /opt/modelyard/bin/pip wheel --no-deps --wheel-dir /wheels /src \
+ && for wheel in /wheels/modelyard-*.whl; do \
+      /opt/modelyard/bin/pip install -c /src/constraints.txt "$wheel[drift,postgres]"; \
+    done \
+ && /opt/modelyard/bin/python -m pip uninstall --yes pip
 
 FROM ${BASE_IMAGE}
 COPY --from=build /opt/modelyard /opt/modelyard
@@ -28,6 +35,10 @@ ENV PATH=/opt/modelyard/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/s
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 # Non-root; the pods add a read-only root filesystem with /tmp writable.
+# A named user: libraries (kopf, getpass) look the uid up in /etc/passwd.
+RUN groupadd --gid 10001 modelyard \
+ && useradd --uid 10001 --gid 10001 --home-dir /tmp --no-create-home \
+      --shell /usr/sbin/nologin modelyard
 USER 10001:10001
 WORKDIR /tmp
 ENTRYPOINT ["modelyard"]

@@ -15,12 +15,12 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from support.servers import (
     REPO,
+    Cluster,
     MlflowServer,
     free_port,
     start_mlflow_server,
@@ -30,25 +30,6 @@ from support.servers import (
 
 
 # ----------------------------------------------------------------------------- cluster
-@dataclass(frozen=True)
-class Cluster:
-    kubeconfig: Path
-    bin_dir: Path
-
-    @property
-    def kubectl(self) -> str:
-        return str(self.bin_dir / "kubectl")
-
-    def run_kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [self.kubectl, "--kubeconfig", str(self.kubeconfig), *args],
-            capture_output=True,
-            text=True,
-            check=check,
-            timeout=120,
-        )
-
-
 @pytest.fixture(scope="session")
 def cluster() -> Iterator[Cluster]:
     script = REPO / "hack" / "cluster.sh"

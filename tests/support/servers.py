@@ -100,3 +100,22 @@ def start_mlflow_server(root: Path, port: int) -> tuple[subprocess.Popen[bytes],
         start_new_session=True,
     )
     return proc, log
+
+
+@dataclass(frozen=True)
+class Cluster:
+    kubeconfig: Path
+    bin_dir: Path
+
+    @property
+    def kubectl(self) -> str:
+        return str(self.bin_dir / "kubectl")
+
+    def run_kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [self.kubectl, "--kubeconfig", str(self.kubeconfig), *args],
+            capture_output=True,
+            text=True,
+            check=check,
+            timeout=120,
+        )

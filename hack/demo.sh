@@ -1,0 +1,110 @@
+#!/usr/bin/env bash
+# The main job, one command (`make demo`): a local cluster with a node, the project's
+# images, the chart with its embedded defaults, the sample pipeline run as a Job
+# (ingest -> features -> train -> register -> alias "champion"), a ModelDeployment
+# serving it, and a prediction asked from a pod through its Service.
+#
+# CLUSTER=kind uses kind where a Docker engine runs; otherwise the built-in cluster.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+ns=${DEMO_NAMESPACE:-modelyard}
+release=${DEMO_RELEASE:-modelyard}
+version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' src/modelyard/_version.py)
+cluster=${CLUSTER:-local}
+# The chart's object names: "<release>-modelyard", or the release alone if it says modelyard.
+if [[ $release == *modelyard* ]]; then prefix=$release; else prefix=$release-modelyard; fi
+t0=$SECONDS
+
+step() { printf '\n\033[1m==> [%3ss] %s\033[0m\n' "$((SECONDS - t0))" "$*"; }
+
+if [[ $cluster == local ]] && command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
+  cluster=kind
+fi
+
+step "cluster ($cluster)"
+if [[ $cluster == kind ]]; then
+  hack/kind.sh up
+  export KUBECONFIG=$root/.cluster/kind.kubeconfig
+else
+  NODE=1 hack/cluster.sh up
+  eval "$(hack/cluster.sh env)"
+fi
+export PATH=${MODELYARD_CACHE:-$HOME/.cache/modelyard}/bin:$PATH
+
+step "images (built from the Dockerfiles, loaded into the node; cached after the first time)"
+CLUSTER=$cluster hack/images.sh
+
+step "helm install $release charts/modelyard (namespace $ns)"
+kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl label namespace "$ns" --overwrite pod-security.kubernetes.io/enforce=restricted >/dev/null
+# Not `helm --wait`: the data-lake claim binds only when a pipeline pod first uses it.
+helm upgrade --install "$release" charts/modelyard -n "$ns" --set pipelines.suspend=true
+kubectl -n "$ns" wait --for=condition=Available deployment \
+  -l "app.kubernetes.io/instance=$release" --timeout=10m
+kubectl -n "$ns" get pods
+
+step "the sample pipeline as a Job: ingest -> features -> train -> register -> champion"
+job=churn-demo-$(date +%s)
+kubectl -n "$ns" create job "$job" --from="cronjob/$prefix-churn"
+if ! kubectl -n "$ns" wait --for=condition=Complete "job/$job" --timeout=20m; then
+  kubectl -n "$ns" logs "job/$job" --tail=50
+  exit 1
+fi
+kubectl -n "$ns" logs "job/$job" --tail=25
+
+step "a ModelDeployment serving churn@champion"
+kubectl -n "$ns" apply -f manifests/samples/churn-alias.yaml
+kubectl -n "$ns" wait --for=condition=Ready md/churn --timeout=10m
+kubectl -n "$ns" get md churn
+
+step "a prediction, asked from a pod through the Service"
+kubectl -n "$ns" delete pod demo-predict --ignore-not-found >/dev/null
+kubectl -n "$ns" create configmap demo-predict --from-file=predict.py=hack/demo/predict.py \
+  --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+kubectl -n "$ns" apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: demo-predict}
+spec:
+  restartPolicy: Never
+  automountServiceAccountToken: false
+  securityContext: {runAsNonRoot: true, runAsUser: 10001, seccompProfile: {type: RuntimeDefault}}
+  containers:
+    - name: predict
+      image: modelyard/modelyard:$version
+      imagePullPolicy: IfNotPresent
+      command: [python3, /demo/predict.py]
+      env:
+        - {name: DEMO_NAMESPACE, value: $ns}
+        - {name: MLFLOW_TRACKING_URI, value: "http://$prefix-mlflow.$ns.svc.cluster.local:5000"}
+      securityContext:
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        capabilities: {drop: [ALL]}
+      volumeMounts:
+        - {name: demo, mountPath: /demo}
+        - {name: tmp, mountPath: /tmp}
+  volumes:
+    - {name: demo, configMap: {name: demo-predict}}
+    - {name: tmp, emptyDir: {}}
+EOF
+kubectl -n "$ns" wait --for=jsonpath='{.status.phase}'=Succeeded pod/demo-predict --timeout=5m ||
+  { kubectl -n "$ns" logs demo-predict; exit 1; }
+kubectl -n "$ns" logs demo-predict
+kubectl -n "$ns" delete pod demo-predict --ignore-not-found >/dev/null
+
+step "done in $((SECONDS - t0))s"
+cat <<EOF
+Send more:
+  eval "\$(make -s cluster-env)"
+  kubectl -n $ns port-forward svc/churn 8000:80 &
+  curl -s localhost:8000/invocations -H 'Content-Type: application/json' -d @request.json
+  kubectl -n $ns port-forward svc/$prefix-mlflow 5000:5000   # MLflow UI
+  kubectl get md -A
+
+Clean up:
+  helm uninstall $release -n $ns && kubectl delete namespace $ns
+  make cluster-down
+EOF
