@@ -156,6 +156,9 @@ def build_server_deployment(plan: ServerPlan) -> dict[str, Any]:
                             "periodSeconds": 2,
                             "failureThreshold": 2,
                         },
+                        # Endpoints are removed asynchronously: keep answering while
+                        # kube-proxy and the load balancers stop sending traffic here.
+                        "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
                         "securityContext": restricted_container_security_context(),
                         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
                     }

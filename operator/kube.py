@@ -12,7 +12,7 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import NotFoundError
+from kubernetes.dynamic.exceptions import ConflictError, NotFoundError
 from kubernetes.dynamic.resource import Resource
 
 FIELD_MANAGER = "modelyard-operator"
@@ -68,6 +68,16 @@ class Kube:
             force_conflicts=True,
         )
         return dict(applied.to_dict())
+
+    def create(self, manifest: dict[str, Any]) -> bool:
+        """Create ``manifest``; False when an object of that name exists already."""
+        meta = manifest["metadata"]
+        res = self.resource(manifest["apiVersion"], manifest["kind"])
+        try:
+            res.create(body=manifest, namespace=meta["namespace"])
+        except ConflictError:
+            return False
+        return True
 
     def delete_owned(
         self, api_version: str, kind: str, name: str, namespace: str, owner_uid: str

@@ -28,6 +28,14 @@ from modelyard.operator.children import (
     server_url,
 )
 from modelyard.operator.kube import ChildConflict, Kube
+from modelyard.operator.monitoring import (
+    DriftResult,
+    assess,
+    build_drift_cronjob,
+    build_retrain_job,
+    drift_cronjob_name,
+    retrain_job_name,
+)
 from modelyard.operator.registry import (
     Credentials,
     RegistryClient,
@@ -227,10 +235,11 @@ def _reconcile_locked(op: Operator, body: dict[str, Any]) -> None:
         tracking_uri=tracking_uri,
         image=spec.server.image or op.settings.server_image,
         image_pull_policy=spec.server.image_pull_policy or op.settings.server_image_pull_policy,
-        prediction_log=op.settings.prediction_log,
+        prediction_log=spec.monitoring.prediction_log or op.settings.prediction_log,
     )
+    drift_log = _drift_prediction_log(op, spec)
     try:
-        deployment = _apply_children(op, plan, body)
+        deployment = _apply_children(op, plan, body, drift_log)
     except ChildConflict as e:
         conditions = cond.set_condition(
             conditions, cond.READY, False, "ChildConflict", str(e), generation
@@ -262,8 +271,12 @@ def _reconcile_locked(op: Operator, body: dict[str, Any]) -> None:
     _sync_registry_tags(op, registry, body, live, resolved, since)
 
     conditions = _with_health(conditions, deployment, generation)
+    conditions, drift_status = _drift(
+        op, registry, body, spec, resolved, status, conditions, drift_log
+    )
     new_status.update(
         {
+            "drift": drift_status,
             "model": model_status,
             "history": history,
             "url": server_url(name, namespace, op.settings.cluster_domain),
@@ -273,7 +286,16 @@ def _reconcile_locked(op: Operator, body: dict[str, Any]) -> None:
     op.write_status(namespace, name, new_status)
 
 
-def _apply_children(op: Operator, plan: ServerPlan, body: dict[str, Any]) -> dict[str, Any]:
+def _drift_prediction_log(op: Operator, spec: ModelDeploymentSpec) -> str | None:
+    drift = spec.monitoring.drift
+    if drift is None:
+        return None
+    return drift.prediction_log or spec.monitoring.prediction_log or op.settings.prediction_log
+
+
+def _apply_children(
+    op: Operator, plan: ServerPlan, body: dict[str, Any], drift_log: str | None
+) -> dict[str, Any]:
     uid = body["metadata"]["uid"]
     owner = {
         "apiVersion": body["apiVersion"],
@@ -298,7 +320,105 @@ def _apply_children(op: Operator, plan: ServerPlan, body: dict[str, Any]) -> dic
             op.kube.delete_owned(api_version, kind, plan.name, plan.namespace, uid)
         else:
             op.kube.apply_owned(owned(manifest), uid)
+    drift = plan.spec.monitoring.drift
+    if drift is not None and drift_log:
+        cronjob = build_drift_cronjob(
+            plan,
+            drift,
+            prediction_log=drift_log,
+            image=op.settings.toolkit_image,
+            image_pull_policy=op.settings.server_image_pull_policy,
+        )
+        op.kube.apply_owned(owned(cronjob), uid)
+    else:
+        op.kube.delete_owned(
+            "batch/v1", "CronJob", drift_cronjob_name(plan.name), plan.namespace, uid
+        )
     return deployment
+
+
+def _drift(
+    op: Operator,
+    registry: RegistryClient,
+    body: dict[str, Any],
+    spec: ModelDeploymentSpec,
+    resolved: ResolvedModel,
+    status: dict[str, Any],
+    conditions: list[dict[str, Any]],
+    drift_log: str | None,
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The DataDrift condition and ``status.drift`` from the live version's registry
+    tags (written by the drift CronJob), and the retraining Job of a new drift episode.
+    ``None`` for the status removes it (merge patch)."""
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    generation = int(meta.get("generation") or 0)
+    drift = spec.monitoring.drift
+    if drift is None:
+        return [c for c in conditions if c.get("type") != cond.DATA_DRIFT], None
+    if not drift_log:
+        message = (
+            "no prediction log to check: set spec.monitoring.predictionLog (the operator "
+            "has no MODELYARD_PREDICTION_LOG)"
+        )
+        conditions = cond.set_condition(
+            conditions, cond.DATA_DRIFT, None, "NoPredictionLog", message, generation
+        )
+        return conditions, None
+    previous = status.get("drift")
+    try:
+        result = DriftResult.from_tags(registry.version_tags(resolved.name, resolved.version))
+    except RegistryError as e:
+        logger.warning("%s/%s: could not read the drift result: %s", namespace, name, e)
+        return conditions, previous
+    assessment = assess(result, previous, resolved.version, drift)
+    drift_status = dict(assessment.status)
+    message = assessment.message
+    if assessment.start_retrain and drift.retrain is not None and result is not None:
+        episode_run = str(drift_status["episode"]["runId"])
+        cron_name = drift.retrain.cron_job_name
+        try:
+            cronjob = op.kube.get("batch/v1", "CronJob", cron_name, namespace)
+            if cronjob is None:
+                missing = f"; retraining CronJob {namespace}/{cron_name} not found"
+                said = cond.get_condition(conditions, cond.DATA_DRIFT) or {}
+                message += missing
+                if missing not in str(said.get("message", "")):  # one Event, not one a tick
+                    op.post_event(
+                        body,
+                        "Warning",
+                        "RetrainNotStarted",
+                        f"drift found but CronJob {cron_name} (spec.monitoring.drift.retrain) "
+                        "does not exist",
+                    )
+            else:
+                job_name = retrain_job_name(drift.retrain, meta["uid"], episode_run)
+                created = op.kube.create(build_retrain_job(cronjob, job_name, name, result.run_id))
+                drift_status["retrainJob"] = job_name
+                if created:
+                    op.post_event(
+                        body,
+                        "Normal",
+                        "Retraining",
+                        f"drift in version {resolved.version}: started Job {job_name} from "
+                        f"CronJob {cron_name}",
+                    )
+                    logger.info("%s/%s: drift, started Job %s", namespace, name, job_name)
+        except ApiException as e:
+            logger.warning("%s/%s: could not start the retraining Job: %s", namespace, name, e)
+    if drift_status.get("retrainJob"):
+        message += f"; retraining Job {drift_status['retrainJob']}"
+    for key in previous or {}:
+        drift_status.setdefault(key, None)  # merge patch: a key left out would stay
+    conditions = cond.set_condition(
+        conditions,
+        cond.DATA_DRIFT,
+        assessment.condition_status,
+        assessment.reason,
+        message,
+        generation,
+    )
+    return conditions, drift_status
 
 
 def _model_status(resolved: ResolvedModel, since: str) -> dict[str, Any]:

@@ -95,11 +95,40 @@ class Rollout(_Model):
     strategy: Literal["RollingUpdate"] = "RollingUpdate"
 
 
+WINDOW_PATTERN = r"^[1-9][0-9]*[mhd]$"
+
+
+class DriftThresholds(_Model):
+    # Evidently's dataset drift: at least this share of the feature columns drifted.
+    drift_share: float = Field(default=0.5, ge=0.0, le=1.0, alias="driftShare")
+
+
+class Retrain(_Model):
+    """The training pipeline to run when drift is found: a CronJob in the namespace."""
+
+    cron_job_name: str = Field(min_length=1, max_length=52, alias="cronJobName")
+
+
+class DriftMonitoring(_Model):
+    schedule: str = Field(default="0 * * * *", min_length=1)
+    window: str = Field(default="24h", pattern=WINDOW_PATTERN)
+    thresholds: DriftThresholds = Field(default_factory=DriftThresholds)
+    prediction_log: str | None = Field(default=None, alias="predictionLog")
+    retrain: Retrain | None = None
+
+
+class Monitoring(_Model):
+    # Where the server logs its predictions; default: the operator's MODELYARD_PREDICTION_LOG.
+    prediction_log: str | None = Field(default=None, alias="predictionLog")
+    drift: DriftMonitoring | None = None
+
+
 class ModelDeploymentSpec(_Model):
     model: ModelRef
     registry: Registry = Field(default_factory=Registry)
     server: Server = Field(default_factory=Server)
     rollout: Rollout = Field(default_factory=Rollout)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
 
     @classmethod
     def parse(cls, spec: Any) -> ModelDeploymentSpec:

@@ -23,6 +23,8 @@ class OperatorSettings(BaseModel):
     resolve_interval: float = Field(default=30.0, gt=0)
     # MODELYARD_CLUSTER_DOMAIN: for the in-cluster URL in status.url.
     cluster_domain: str = "cluster.local"
+    # MODELYARD_TOOLKIT_IMAGE: image with the `modelyard` CLI, for the drift CronJobs.
+    toolkit_image: str = f"modelyard/modelyard:{__version__}"
     # MODELYARD_PREDICTION_LOG: fsspec base URL the servers log predictions under.
     prediction_log: str | None = None
 

@@ -176,6 +176,14 @@ def log_drift_report(
         f"{TAG_PREFIX}.last_dataset_drift": str(summary.dataset_drift).lower(),
         # Tag values are limited (5000 characters in MLflow's store); keep it short.
         f"{TAG_PREFIX}.last_drifted_columns": ",".join(summary.drifted_columns)[:1000],
+        # What the operator records in the ModelDeployment's status (docs/drift.md).
+        f"{TAG_PREFIX}.last_prediction_drift": str(summary.prediction_drift).lower(),
+        f"{TAG_PREFIX}.last_share_of_drifted_columns": (
+            ""
+            if summary.share_of_drifted_columns is None
+            else f"{summary.share_of_drifted_columns:.6g}"
+        ),
+        f"{TAG_PREFIX}.last_message": summary.message[:1000],
     }
     for key, value in version_tags.items():
         client.set_model_version_tag(model_name, number, key, value)

@@ -11,6 +11,7 @@ Exit codes (documented in docs/drift.md):
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -48,6 +49,28 @@ def _parse_moment(value: str | None, option: str) -> datetime | None:
             f"{value!r} is not an ISO date or time", param_hint=option
         ) from exc
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+_WINDOW = re.compile(r"^([1-9][0-9]*)([mhd])$")
+_WINDOW_UNITS = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_window(value: str) -> timedelta:
+    """``90m``, ``24h``, ``7d``: the length of the window a CronJob checks."""
+    found = _WINDOW.match(value)
+    if found is None:
+        raise typer.BadParameter(
+            f"{value!r} is not a window such as 90m, 24h or 7d", param_hint="--window"
+        )
+    return timedelta(**{_WINDOW_UNITS[found.group(2)]: int(found.group(1))})
+
+
+def _window_start(since: str | None, window: str | None, until: datetime | None) -> datetime | None:
+    if window is None:
+        return _parse_moment(since, "--since")
+    if since is not None:
+        raise typer.BadParameter("give --since or --window, not both", param_hint="--window")
+    return (until or datetime.now(UTC)) - parse_window(window)
 
 
 def exit_code(summary: DriftSummary, fail_on: FailOn) -> int:
@@ -137,6 +160,10 @@ def register(app: typer.Typer) -> None:
         since: Annotated[
             str | None, typer.Option(help="Window start, ISO date/time (UTC). Default: until-1d.")
         ] = None,
+        window: Annotated[
+            str | None,
+            typer.Option(help="Window length instead of --since: 90m, 24h, 7d (ends at --until)."),
+        ] = None,
         until: Annotated[
             str | None, typer.Option(help="Window end (exclusive), ISO date/time. Default: now.")
         ] = None,
@@ -185,7 +212,7 @@ def register(app: typer.Typer) -> None:
                     version=version,
                     tracking_uri=tracking_uri,
                     prediction_log=prediction_log,
-                    since=_parse_moment(since, "--since"),
+                    since=_window_start(since, window, _parse_moment(until, "--until")),
                     until=_parse_moment(until, "--until"),
                     target_column=target_column,
                     drift_share=drift_share,

@@ -111,6 +111,26 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         {"model": GOOD_MODEL, "server": {"resources": {"limits": {"memory": "lots"}}}},
         "spec.server.resources.limits.memory in body should match",
     ),
+    (
+        "drift window in weeks",
+        {"model": GOOD_MODEL, "monitoring": {"drift": {"window": "1w"}}},
+        "spec.monitoring.drift.window in body should match '^[1-9][0-9]*[mhd]$'",
+    ),
+    (
+        "drift share above 1",
+        {"model": GOOD_MODEL, "monitoring": {"drift": {"thresholds": {"driftShare": 1.5}}}},
+        "spec.monitoring.drift.thresholds.driftShare in body should be less than or equal to 1",
+    ),
+    (
+        "drift schedule with three fields",
+        {"model": GOOD_MODEL, "monitoring": {"drift": {"schedule": "0 * *"}}},
+        "spec.monitoring.drift.schedule in body should match",
+    ),
+    (
+        "retrain without a CronJob",
+        {"model": GOOD_MODEL, "monitoring": {"drift": {"retrain": {}}}},
+        "spec.monitoring.drift.retrain.cronJobName: Required value",
+    ),
 ]
 
 
@@ -187,3 +207,20 @@ def test_kubectl_get_shows_the_printer_columns(
         "AGE",
     ]
     assert lines[1].split()[:2] == ["churn", "churn"]
+
+
+def test_drift_monitoring_defaults(api_client: client.ApiClient, crd: Any, namespace: str) -> None:
+    custom = client.CustomObjectsApi(api_client)
+    created = custom.create_namespaced_custom_object(
+        "modelyard.io",
+        "v1alpha1",
+        namespace,
+        "modeldeployments",
+        md_body("churn", {"model": GOOD_MODEL, "monitoring": {"drift": {}}}),
+        field_validation="Strict",
+    )
+    assert created["spec"]["monitoring"]["drift"] == {
+        "schedule": "0 * * * *",
+        "window": "24h",
+        "thresholds": {"driftShare": 0.5},
+    }
