@@ -10,7 +10,7 @@ PYTEST_ARGS ?=
 
 .PHONY: help
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,8 +28,25 @@ lint: venv ## ruff and mypy (strict)
 	$(VENV)/bin/mypy
 
 .PHONY: test
-test: venv lint ## Lint, then unit and integration tests (starts the local cluster if needed)
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+test: venv lint ## Lint, unit, integration and e2e tests (starts the local cluster if needed)
+	$(VENV)/bin/pytest tests/unit tests/integration $(PYTEST_ARGS)
+	$(MAKE) e2e
+
+# CLUSTER=kind runs the e2e tests on kind (needs a Docker engine), else the built-in node.
+CLUSTER ?= local
+.PHONY: e2e
+e2e: venv ## End-to-end tests on a real node: images, helm install, pods serving
+	CLUSTER=$(CLUSTER) hack/images.sh build
+	CLUSTER=$(CLUSTER) $(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
+
+.PHONY: images
+images: ## Build the images from the Dockerfiles and load them into the node
+	CLUSTER=$(CLUSTER) hack/images.sh
+
+.PHONY: demo
+demo: ## The main job: cluster, images, helm install, train, deploy, predict
+	hack/deps.sh
+	CLUSTER=$(CLUSTER) hack/demo.sh
 
 .PHONY: unit
 unit: venv ## Unit tests only (no cluster, no servers)
@@ -40,7 +57,7 @@ tools: ## Build (first time) the pinned cluster binaries into ~/.cache/modelyard
 	hack/build-tools.sh $(if $(NODE),node)
 
 .PHONY: cluster-up
-cluster-up: ## Start the local control plane; writes .cluster/kubeconfig
+cluster-up: ## Start the local control plane (NODE=1: with a node); .cluster/kubeconfig
 	NODE=$(NODE) hack/cluster.sh up
 
 .PHONY: cluster-down

@@ -38,15 +38,24 @@ def run_pod(
     *,
     timeout: float = 300,
     name: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> str:
     """Run ``python3 -c script`` in a one-shot restricted pod; return its output.
     Fails the test with the pod's log when the script fails."""
     name = name or f"run-{uuid.uuid4().hex[:8]}"
-    start_pod(cluster, namespace, image, script, name=name)
+    start_pod(cluster, namespace, image, script, name=name, env=env)
     return wait_pod(cluster, namespace, name, timeout=timeout)
 
 
-def start_pod(cluster: Any, namespace: str, image: str, script: str, *, name: str) -> None:
+def start_pod(
+    cluster: Any,
+    namespace: str,
+    image: str,
+    script: str,
+    *,
+    name: str,
+    env: dict[str, str] | None = None,
+) -> None:
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
@@ -61,7 +70,10 @@ def start_pod(cluster: Any, namespace: str, image: str, script: str, *, name: st
                     "image": image,
                     "imagePullPolicy": "IfNotPresent",
                     "command": ["python3", "-c", script],
-                    "env": [{"name": "HOME", "value": "/tmp"}],
+                    "env": [
+                        {"name": "HOME", "value": "/tmp"},
+                        *({"name": k, "value": v} for k, v in (env or {}).items()),
+                    ],
                     "securityContext": RESTRICTED_CONTAINER,
                     "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
                 }

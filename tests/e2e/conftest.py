@@ -1,0 +1,124 @@
+"""End to end: a real node, the project's images, the chart, real pods.
+
+The session needs the local cluster with its node (``NODE=1``) and the images loaded;
+both are started here when missing. If they cannot start, the tests fail loudly.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.incluster import E2E_RELEASE as RELEASE
+from support.servers import REPO, Cluster
+
+
+def _version() -> str:
+    from modelyard import __version__
+
+    return __version__
+
+
+@pytest.fixture(scope="session")
+def node_cluster(request: pytest.FixtureRequest) -> Any:
+    """A cluster whose pods really run: kind (CLUSTER=kind, needs Docker) or the built-in
+    cluster with its node; and the project's images loaded into it."""
+    if os.environ.get("CLUSTER") == "kind":
+        up = subprocess.run(
+            [str(REPO / "hack" / "kind.sh"), "up"], capture_output=True, text=True, check=False
+        )
+        if up.returncode != 0:
+            pytest.fail(f"kind did not start:\n{up.stderr[-6000:]}", pytrace=False)
+        cache = Path(os.environ.get("MODELYARD_CACHE", Path.home() / ".cache" / "modelyard"))
+        cluster: Any = Cluster(
+            kubeconfig=REPO / ".cluster" / "kind.kubeconfig", bin_dir=cache / "bin"
+        )
+    else:
+        cluster = request.getfixturevalue("cluster")
+        ready = cluster.run_kubectl(
+            "get",
+            "nodes",
+            "-o",
+            'jsonpath={.items[*].status.conditions[?(@.type=="Ready")].status}',
+            check=False,
+        ).stdout
+        if "True" not in ready:
+            up = subprocess.run(
+                [str(REPO / "hack" / "cluster.sh"), "up"],
+                env={**os.environ, "NODE": "1"},
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if up.returncode != 0:
+                pytest.fail(
+                    f"the node did not start (NODE=1 hack/cluster.sh up):\n{up.stderr[-6000:]}",
+                    pytrace=False,
+                )
+    images = subprocess.run(
+        [str(REPO / "hack" / "images.sh")], capture_output=True, text=True, check=False
+    )
+    if images.returncode != 0:
+        pytest.fail(f"hack/images.sh failed:\n{images.stderr[-6000:]}", pytrace=False)
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def toolkit_image() -> str:
+    return f"modelyard/modelyard:{_version()}"
+
+
+@pytest.fixture(scope="module")
+def release(node_cluster: Any) -> Iterator[str]:
+    """The chart installed with its defaults into a restricted namespace."""
+    ns = f"e2e-{uuid.uuid4().hex[:6]}"
+    node_cluster.run_kubectl("create", "namespace", ns)
+    for mode in ("enforce", "warn", "audit"):
+        node_cluster.run_kubectl(
+            "label", "namespace", ns, f"pod-security.kubernetes.io/{mode}=restricted"
+        )
+    helm = [str(node_cluster.bin_dir / "helm"), "--kubeconfig", str(node_cluster.kubeconfig)]
+    install = subprocess.run(
+        [
+            *helm,
+            "install",
+            RELEASE,
+            str(REPO / "charts" / "modelyard"),
+            "-n",
+            ns,
+            "--set",
+            "operator.resolveInterval=3",
+            "--set",
+            "pipelines.suspend=true",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=900,
+    )
+    # Not `helm --wait`: the data-lake claim binds only when a pipeline pod first uses it.
+    available = node_cluster.run_kubectl(
+        "-n",
+        ns,
+        "wait",
+        "--for=condition=Available",
+        "deployment",
+        "-l",
+        f"app.kubernetes.io/instance={RELEASE}",
+        "--timeout=600s",
+        check=False,
+    )
+    if install.returncode != 0 or available.returncode != 0:
+        pods = node_cluster.run_kubectl("-n", ns, "get", "pods,events", check=False).stdout
+        pytest.fail(
+            f"helm install failed:\n{install.stderr}\n{available.stderr}\n{pods}", pytrace=False
+        )
+    assert "would violate PodSecurity" not in install.stderr
+    yield ns
+    subprocess.run([*helm, "uninstall", RELEASE, "-n", ns, "--wait"], check=False, timeout=300)
+    node_cluster.run_kubectl("delete", "namespace", ns, "--wait=false", check=False)
