@@ -92,7 +92,10 @@ spec:
 EOF
 kubectl -n "$ns" wait --for=jsonpath='{.status.phase}'=Succeeded pod/demo-predict --timeout=5m ||
   { kubectl -n "$ns" logs demo-predict; exit 1; }
-kubectl -n "$ns" logs demo-predict
+mkdir -p .modelyard
+kubectl -n "$ns" logs demo-predict >.modelyard/demo-predict.log
+grep -v '^request body: ' .modelyard/demo-predict.log | grep -v 'Downloading artifacts'
+sed -n 's/^request body: //p' .modelyard/demo-predict.log >.modelyard/demo-request.json
 kubectl -n "$ns" delete pod demo-predict --ignore-not-found >/dev/null
 
 step "done in $((SECONDS - t0))s"
@@ -100,7 +103,8 @@ cat <<EOF
 Send more:
   eval "\$(make -s cluster-env)"
   kubectl -n $ns port-forward svc/churn 8000:80 &
-  curl -s localhost:8000/invocations -H 'Content-Type: application/json' -d @request.json
+  curl -s localhost:8000/invocations -H 'Content-Type: application/json' \
+    -d @.modelyard/demo-request.json
   kubectl -n $ns port-forward svc/$prefix-mlflow 5000:5000   # MLflow UI
   kubectl get md -A
 

@@ -25,3 +25,4 @@ with urllib.request.urlopen(request, timeout=30) as response:
 print(f"churn@champion is version {version}; rows sent to {service}:")
 print(rows.to_string())
 print("predictions:", json.dumps(answer["predictions"]))
+print("request body:", body.decode())
