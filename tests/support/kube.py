@@ -42,3 +42,40 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any]:
         if c["type"] == type_:
             return dict(c)
     return {}
+
+
+GROUP, VERSION, PLURAL = "modelyard.io", "v1alpha1", "modeldeployments"
+
+
+class ModelDeployments:
+    """ModelDeployments of one namespace, through the API, as a user sees them."""
+
+    def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
+        self.ns = namespace
+        self.api_client = api_client
+        self.custom = client.CustomObjectsApi(api_client)
+
+    def create(self, name: str, spec: dict[str, Any]) -> None:
+        self.custom.create_namespaced_custom_object(
+            GROUP, VERSION, self.ns, PLURAL, md_body(name, spec)
+        )
+
+    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.ns, PLURAL, name, {"spec": spec}
+        )
+
+    def md(self, name: str) -> dict[str, Any]:
+        return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name))
+
+    def wait_md(
+        self, name: str, what: str, pred: Callable[[dict[str, Any]], Any], timeout: float = 30
+    ) -> dict[str, Any]:
+        """Wait until the ModelDeployment satisfies ``pred``; return it."""
+
+        def check() -> dict[str, Any] | None:
+            md = self.md(name)
+            return md if pred(md) else None
+
+        result: dict[str, Any] = wait_for(what, check, timeout=timeout)
+        return result

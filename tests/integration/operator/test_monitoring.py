@@ -19,47 +19,21 @@ import pyarrow.parquet as pq
 import pytest
 from kubernetes import client
 from mlflow import MlflowClient
-from support.kube import condition, md_body, wait_for
+from support.kube import ModelDeployments, condition, wait_for
 from typer.testing import CliRunner
 
 from modelyard.cli import app
 
 pytestmark = pytest.mark.integration
 
-GROUP, VERSION, PLURAL = "modelyard.io", "v1alpha1", "modeldeployments"
 RESOLVE_INTERVAL = 2.0  # MODELYARD_RESOLVE_INTERVAL in conftest
 PLANS = np.asarray(["basic", "plus", "pro"], dtype=object)
 
 
-class Cluster:
+class Cluster(ModelDeployments):
     def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
-        self.ns = namespace
-        self.custom = client.CustomObjectsApi(api_client)
+        super().__init__(api_client, namespace)
         self.batch = client.BatchV1Api(api_client)
-        self.api_client = api_client
-
-    def create(self, name: str, spec: dict[str, Any]) -> None:
-        self.custom.create_namespaced_custom_object(
-            GROUP, VERSION, self.ns, PLURAL, md_body(name, spec)
-        )
-
-    def patch_spec(self, name: str, spec: dict[str, Any]) -> None:
-        self.custom.patch_namespaced_custom_object(
-            GROUP, VERSION, self.ns, PLURAL, name, {"spec": spec}
-        )
-
-    def md(self, name: str) -> dict[str, Any]:
-        return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name))
-
-    def wait_md(
-        self, name: str, what: str, pred: Callable[[dict[str, Any]], Any], timeout: float = 30
-    ) -> dict[str, Any]:
-        def check() -> dict[str, Any] | None:
-            md = self.md(name)
-            return md if pred(md) else None
-
-        found: dict[str, Any] = wait_for(what, check, timeout=timeout)
-        return found
 
     def cronjob(self, name: str) -> dict[str, Any]:
         """As a user sees it (camelCase JSON, as kubectl get -o json)."""

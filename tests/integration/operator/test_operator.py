@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 from mlflow import MlflowClient
-from support.kube import condition, md_body, wait_for
+from support.kube import GROUP, PLURAL, VERSION, ModelDeployments, condition, wait_for
 from support.operator import running_operator
 
 from modelyard.operator.registry import deployed_tag_key
@@ -18,39 +18,16 @@ pytestmark = pytest.mark.integration
 
 RESOLVE_INTERVAL = 2.0  # MODELYARD_RESOLVE_INTERVAL in conftest
 
-GROUP, VERSION, PLURAL = "modelyard.io", "v1alpha1", "modeldeployments"
 
-
-class Cluster:
+class Cluster(ModelDeployments):
     """What a user looks at, through the API."""
 
     def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
-        self.ns = namespace
-        self.custom = client.CustomObjectsApi(api_client)
+        super().__init__(api_client, namespace)
         self.apps = client.AppsV1Api(api_client)
         self.core = client.CoreV1Api(api_client)
         self.autoscaling = client.AutoscalingV2Api(api_client)
         self.policy = client.PolicyV1Api(api_client)
-
-    def create(self, name: str, spec: dict[str, Any]) -> None:
-        self.custom.create_namespaced_custom_object(
-            GROUP, VERSION, self.ns, PLURAL, md_body(name, spec)
-        )
-
-    def md(self, name: str) -> dict[str, Any]:
-        return dict(self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name))
-
-    def wait_md(
-        self, name: str, what: str, pred: Callable[[dict[str, Any]], Any], timeout: float = 30
-    ) -> dict[str, Any]:
-        """Wait until the ModelDeployment satisfies ``pred``; return it."""
-
-        def check() -> dict[str, Any] | None:
-            md = self.md(name)
-            return md if pred(md) else None
-
-        result: dict[str, Any] = wait_for(what, check, timeout=timeout)
-        return result
 
     def deployment(self, name: str) -> client.V1Deployment:
         return self.apps.read_namespaced_deployment(name, self.ns)
