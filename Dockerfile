@@ -1,45 +1,94 @@
-# The modelyard toolkit image: the operator, the MLflow tracking server, the pipelines
-# and drift checks (`modelyard ...` and `mlflow ...`). The model server has its own
-# image (serving/Dockerfile); both share the build stage below, so a layer-caching
-# builder builds the dependencies once.
+# modelyard's three images, one per component, each with only what it needs:
+#
+#   docker build --target operator -t modelyard/operator:$(version) .  # the Kopf operator
+#   docker build --target server   -t modelyard/server:$(version) .    # the model server
+#   docker build --target toolkit  -t modelyard/toolkit:$(version) .   # pipelines, drift, MLflow
+#
+# (hack/images.sh does this with buildah where there is no Docker engine.) Each image
+# installs its component's hash-locked dependencies (locks/<extra>.txt, from its extra in
+# pyproject.toml) and its component's code alone: the server has no Kopf, Evidently or
+# operator code; the operator no MLflow, BentoML, scikit-learn or pandas.
+#
+# Contract (docs/contracts.md): non-root uid 10001 named modelyard, read-only root
+# filesystem at run time (bytecode is compiled here) with only /tmp writable.
 #
 # BASE_IMAGE: any Debian bookworm image with python3 (3.11) and python3-venv. Where
 # nothing can be pulled, hack/images.sh makes one with debootstrap.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
-FROM ${BASE_IMAGE} AS build
-# Build-time only (not in the final image): a CA bundle for a TLS-inspecting proxy.
+# ---------------------------------------------------------------- shared build pieces
+FROM ${BASE_IMAGE} AS installer
+# Build-time only (the build stages are in no image): a CA bundle for a TLS-inspecting
+# proxy, which pip and uv then trust.
 ARG PIP_CERT
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
-RUN python3 -m venv /opt/modelyard
-COPY pyproject.toml constraints.txt README.md /src/
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 UV_LINK_MODE=copy UV_PYTHON_DOWNLOADS=never \
+    SSL_CERT_FILE=${PIP_CERT:-/etc/ssl/certs/ca-certificates.crt}
+# pip installs the pinned installer (uv, by hash) into a venv of the build stages only.
+COPY locks/bootstrap.txt /src/locks/
+RUN python3 -m venv /opt/build \
+ && /opt/build/bin/pip install --require-hashes -r /src/locks/bootstrap.txt \
+ && python3 -m venv --without-pip /opt/modelyard
+COPY pyproject.toml README.md /src/
 COPY src /src/src
-COPY operator /src/operator
-COPY serving /src/serving
-COPY pipelines /src/pipelines
-# The package goes in as a wheel, the same artifact a release ships, with pinned
-# dependencies; pip precompiles the bytecode (the root filesystem is read-only at run
-# time). pip itself is removed afterwards: nothing installs anything at run time.
-# This stage is the same in Dockerfile and serving/Dockerfile, so a layer-caching
-# builder builds it once for both images.
-RUN /opt/modelyard/bin/pip wheel --no-deps --wheel-dir /wheels /src \
- && for wheel in /wheels/modelyard-*.whl; do \
-      /opt/modelyard/bin/pip install -c /src/constraints.txt "$wheel[drift,postgres]"; \
-    done \
- && /opt/modelyard/bin/python -m pip uninstall --yes pip
+# Install the lock named by LOCK, then the package from src/ and the component folders
+# copied so far (a layer each, so a code change rebuilds only the last one).
+ENV INSTALL_LOCK="/opt/build/bin/uv pip install --quiet --python /opt/modelyard/bin/python --compile-bytecode --require-hashes -r" \
+    INSTALL_CODE="/opt/build/bin/uv pip install --quiet --python /opt/modelyard/bin/python --compile-bytecode --no-deps --no-build-isolation --no-cache /src"
 
-FROM ${BASE_IMAGE}
-COPY --from=build /opt/modelyard /opt/modelyard
+FROM ${BASE_IMAGE} AS runtime
 ENV PATH=/opt/modelyard/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     HOME=/tmp \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
-# Non-root; the pods add a read-only root filesystem with /tmp writable.
 # A named user: libraries (kopf, getpass) look the uid up in /etc/passwd.
 RUN groupadd --gid 10001 modelyard \
  && useradd --uid 10001 --gid 10001 --home-dir /tmp --no-create-home \
       --shell /usr/sbin/nologin modelyard
-USER 10001:10001
 WORKDIR /tmp
+
+# ---------------------------------------------------------------- the operator
+FROM installer AS operator-build
+COPY locks/operator.txt /src/locks/
+RUN $INSTALL_LOCK /src/locks/operator.txt
+COPY operator /src/operator
+RUN $INSTALL_CODE
+
+FROM runtime AS operator
+COPY --from=operator-build /opt/modelyard /opt/modelyard
+USER 10001:10001
+ENTRYPOINT ["modelyard", "operator"]
+CMD ["--help"]
+
+# ---------------------------------------------------------------- the model server
+FROM installer AS server-build
+COPY locks/server.txt /src/locks/
+RUN $INSTALL_LOCK /src/locks/server.txt
+COPY serving /src/serving
+RUN $INSTALL_CODE
+
+# The image every ModelDeployment runs: `modelyard serve` on port 3000.
+FROM runtime AS server
+COPY --from=server-build /opt/modelyard /opt/modelyard
+ENV BENTOML_HOME=/tmp/bentoml BENTOML_DO_NOT_TRACK=True MPLCONFIGDIR=/tmp/matplotlib
+USER 10001:10001
+EXPOSE 3000
+# `modelyard serve` execs BentoML, which then runs as PID 1 and drains requests and
+# flushes the prediction log on SIGTERM.
+ENTRYPOINT ["modelyard", "serve"]
+CMD ["--host", "0.0.0.0", "--port", "3000"]
+
+# ---------------------------------------------------------------- the toolkit
+FROM installer AS toolkit-build
+COPY locks/pipelines.txt /src/locks/
+RUN $INSTALL_LOCK /src/locks/pipelines.txt
+COPY pipelines /src/pipelines
+RUN $INSTALL_CODE
+
+# Pipelines (`modelyard pipeline run`), drift checks (`modelyard drift check`) and the
+# chart's MLflow tracking server (`mlflow server`).
+FROM runtime AS toolkit
+COPY --from=toolkit-build /opt/modelyard /opt/modelyard
+ENV MPLCONFIGDIR=/tmp/matplotlib
+USER 10001:10001
 ENTRYPOINT ["modelyard"]
 CMD ["--help"]

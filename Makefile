@@ -12,23 +12,29 @@ PYTEST_ARGS ?=
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: pyproject.toml constraints.txt
+# Every dependency comes from a hash-locked file (locks/, `make lock` refreshes them); the
+# package itself is installed editable on top, without touching the dependencies.
+$(VENV)/.installed: pyproject.toml locks/bootstrap.txt locks/dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[test]'
+	$(PY) -m pip install -q --require-hashes -r locks/bootstrap.txt
+	$(VENV)/bin/uv pip install -q --python $(PY) --require-hashes -r locks/dev.txt
+	$(VENV)/bin/uv pip install -q --python $(PY) --no-deps --no-build-isolation -e .
 	@touch $@
 
 .PHONY: venv
 venv: $(VENV)/.installed ## Create or update .venv with the package and its test extras
 
 .PHONY: lint
-lint: venv ## ruff and mypy (strict)
+lint: venv ## ruff, mypy (strict) and the import contracts (lint-imports)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 .PHONY: test
-test: venv lint ## Lint, unit, integration and e2e tests (starts the local cluster if needed)
+test: venv lint ## Lint, unit, integration and e2e tests (installs and starts what they need)
+	hack/deps.sh
+	hack/build-tools.sh node
 	$(VENV)/bin/pytest tests/unit tests/integration $(PYTEST_ARGS)
 	$(MAKE) e2e
 
@@ -48,8 +54,22 @@ demo: ## The main job: cluster, images, helm install, train, deploy, predict
 	hack/deps.sh
 	CLUSTER=$(CLUSTER) hack/demo.sh
 
+# One lock per runtime: the dev venv (everything) and one per image, each from its extra.
+LOCKS := dev:test operator:operator server:server pipelines:pipelines
+.PHONY: lock
+lock: venv ## Re-resolve the hash-locked requirement files in locks/ (a deliberate update)
+	$(VENV)/bin/uv pip compile -q --universal --python-version 3.11 --generate-hashes \
+	  locks/bootstrap.in -o locks/bootstrap.txt
+	@for pair in $(LOCKS); do \
+	  name=$${pair%%:*}; extra=$${pair##*:}; \
+	  $(VENV)/bin/uv pip compile -q --universal --python-version 3.11 --generate-hashes \
+	    --extra $$extra pyproject.toml locks/build.in -o locks/$$name.txt || exit 1; \
+	  echo "wrote locks/$$name.txt"; \
+	done
+
 .PHONY: unit
-unit: venv ## Unit tests only (no cluster, no servers)
+unit: venv ## Unit tests only (no cluster, no servers; builds kubectl and helm the first time)
+	hack/build-tools.sh cli
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
 .PHONY: tools

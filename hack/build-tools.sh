@@ -6,6 +6,7 @@
 #
 #   hack/build-tools.sh            # control plane + kubectl + helm
 #   hack/build-tools.sh node       # also kubelet, kube-proxy, crictl, CoreDNS (NODE=1)
+#   hack/build-tools.sh cli        # only kubectl and helm (what the unit tests run)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -62,9 +63,13 @@ k8s_ldflags() {
 k8s_cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
 if [[ ${1:-} == node ]]; then
   k8s_cmds+=(kube-proxy kubelet)
+elif [[ ${1:-} == cli ]]; then
+  k8s_cmds=(kubectl)
 fi
 
-build etcd etcd "$etcd_version" go.etcd.io/etcd/server/v3 -ldflags "-s -w"
+if [[ ${1:-} != cli ]]; then
+  build etcd etcd "$etcd_version" go.etcd.io/etcd/server/v3 -ldflags "-s -w"
+fi
 for c in "${k8s_cmds[@]}"; do
   if [[ $c == kubelet ]]; then
     build kubernetes "$c" "$k8s_version" "k8s.io/kubernetes/cmd/$c" \

@@ -73,7 +73,7 @@ spec:
   securityContext: {runAsNonRoot: true, runAsUser: 10001, seccompProfile: {type: RuntimeDefault}}
   containers:
     - name: predict
-      image: modelyard/modelyard:$version
+      image: modelyard/toolkit:$version
       imagePullPolicy: IfNotPresent
       command: [python3, /demo/predict.py]
       env:

@@ -7,12 +7,15 @@
 #                             `ctr import` into the built-in node's containerd
 #   hack/images.sh            both
 #
-# Images: modelyard/modelyard:<version> (Dockerfile: operator, MLflow, pipelines),
-# modelyard/server:<version> (serving/Dockerfile), and for the built-in node only the
-# pause and CoreDNS images (nothing can be pulled there).
+# Images, one per component (docs/contracts.md), the targets of the Dockerfile:
+# modelyard/operator:<version>, modelyard/server:<version>, modelyard/toolkit:<version>
+# (pipelines, drift checks, MLflow); for the built-in node also the pause and CoreDNS
+# images (nothing can be pulled there).
 #
-# Built images are kept as OCI archives under $MODELYARD_CACHE/images, keyed by a hash
-# of their inputs: an unchanged tree is loaded from the cache without building.
+# Built images are kept as archives under $MODELYARD_CACHE/images, keyed by a hash of
+# their own inputs (the Dockerfile, the locks, src/ and the component's folder): a change
+# to one component rebuilds only its image, an unchanged tree builds nothing.
+# IMAGE_BUILDER=buildah (default where installed) or docker.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,15 +26,15 @@ dir=${CLUSTER_DIR:-$root/.cluster}
 version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$root/src/modelyard/_version.py")
 pause_image=${PAUSE_IMAGE:-registry.k8s.io/pause:3.10}
 base_image=localhost/modelyard/debian:bookworm
-toolkit_image=modelyard/modelyard:$version
+operator_image=modelyard/operator:$version
 server_image=modelyard/server:$version
+toolkit_image=modelyard/toolkit:$version
 cluster=${CLUSTER:-local}
+builder=${IMAGE_BUILDER:-$(command -v buildah >/dev/null 2>&1 && echo buildah || echo docker)}
 mkdir -p "$store"
 
 log() { printf '[images] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
-
-have_docker() { command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; }
 
 # inputs_hash FILE...: a hash of the image's inputs (tracked files and their content).
 inputs_hash() {
@@ -91,11 +94,17 @@ base() {
   log "base image $base_image ready"
 }
 
-# build_dockerfile IMAGE DOCKERFILE: build with buildah or docker, keep an OCI archive.
+# build_dockerfile IMAGE TARGET: build the Dockerfile's TARGET, keep an archive of it.
 build_dockerfile() {
-  local image=$1 dockerfile=$2 hash archive
-  hash=$(inputs_hash Dockerfile serving/Dockerfile .dockerignore pyproject.toml \
-    constraints.txt src operator serving pipelines)
+  local image=$1 target=$2 component lock hash archive
+  case $target in
+    operator) component=operator lock=locks/operator.txt ;;
+    server) component=serving lock=locks/server.txt ;;
+    toolkit) component=pipelines lock=locks/pipelines.txt ;;
+    *) die "no image target $target" ;;
+  esac
+  hash=$(inputs_hash Dockerfile "$component" src pyproject.toml README.md .dockerignore \
+    locks/bootstrap.txt "$lock")
   archive=$(archive_of "$image" "$hash")
   if [[ -f $archive ]]; then
     log "$image: unchanged, cached at $archive"
@@ -103,13 +112,15 @@ build_dockerfile() {
     return
   fi
   local t0=$SECONDS
-  log "building $image from $dockerfile"
-  mkdir -p "$cache/pip"
-  if have_docker; then
-    docker build -t "$image" -f "$root/$dockerfile" "$root" >&2
+  log "building $image (Dockerfile, target $target, $builder)"
+  mkdir -p "$cache/uv"
+  rm -f "$store/${image//[\/:]/_}"-*.tar
+  if [[ $builder == docker ]]; then
+    docker build --target "$target" -t "$image" "$root" >&2
+    docker save -o "$archive.tmp" "$image"
   else
     base
-    # The pip cache is a volume, so rebuilding after a code change downloads nothing.
+    # The installers' cache is a volume: rebuilding after a code change downloads nothing.
     local extra=()
     # Where the host reaches PyPI through a TLS-inspecting proxy, the build trusts the
     # host's CA bundle; it is mounted for the build only, never part of the image.
@@ -118,12 +129,11 @@ build_dockerfile() {
       extra+=(-v "$ca:/etc/ssl/certs/build-ca.pem:ro" --build-arg PIP_CERT=/etc/ssl/certs/build-ca.pem)
     fi
     buildah bud --quiet --layers --pull=never --network=host \
-      --build-arg "BASE_IMAGE=$base_image" -v "$cache/pip:/root/.cache/pip" "${extra[@]}" \
-      -f "$root/$dockerfile" -t "$image" "$root" >&2
-    rm -f "$store/${image//[\/:]/_}"-*.tar
+      --build-arg "BASE_IMAGE=$base_image" -v "$cache/uv:/root/.cache/uv" "${extra[@]}" \
+      --target "$target" -t "$image" "$root" >&2
     buildah push --quiet "$image" "oci-archive:$archive.tmp:$(qualified "$image")" >&2
-    mv "$archive.tmp" "$archive"
   fi
+  mv "$archive.tmp" "$archive"
   log "built $image in $((SECONDS - t0))s"
   echo "$archive"
 }
@@ -164,8 +174,9 @@ coredns_archive() {
 }
 
 build() {
-  build_dockerfile "$toolkit_image" Dockerfile >/dev/null
-  build_dockerfile "$server_image" serving/Dockerfile >/dev/null
+  build_dockerfile "$operator_image" operator >/dev/null
+  build_dockerfile "$server_image" server >/dev/null
+  build_dockerfile "$toolkit_image" toolkit >/dev/null
 }
 
 # -------------------------------------------------------------------------- loading
@@ -188,13 +199,16 @@ ctr_import() { # ctr_import ARCHIVE IMAGE: import unless the node has this very 
 load() {
   if [[ $cluster == kind ]]; then
     local name=${KIND_CLUSTER_NAME:-modelyard}
-    "$bin/kind" load docker-image --name "$name" "$toolkit_image" "$server_image"
+    "$bin/kind" load image-archive --name "$name" "$(build_dockerfile "$operator_image" operator)"
+    "$bin/kind" load image-archive --name "$name" "$(build_dockerfile "$server_image" server)"
+    "$bin/kind" load image-archive --name "$name" "$(build_dockerfile "$toolkit_image" toolkit)"
     return
   fi
   ctr_import "$(pause_archive)" "$pause_image"
   ctr_import "$(coredns_archive)" "modelyard/coredns:$(readlink "$bin/coredns" | sed 's/.*coredns-//')"
-  ctr_import "$(build_dockerfile "$toolkit_image" Dockerfile)" "$toolkit_image"
-  ctr_import "$(build_dockerfile "$server_image" serving/Dockerfile)" "$server_image"
+  ctr_import "$(build_dockerfile "$operator_image" operator)" "$operator_image"
+  ctr_import "$(build_dockerfile "$server_image" server)" "$server_image"
+  ctr_import "$(build_dockerfile "$toolkit_image" toolkit)" "$toolkit_image"
 }
 
 # The node needs the pause image before any pod; cluster.sh calls this.

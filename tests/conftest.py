@@ -18,7 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.servers import (
+
+from tests.support.postgres import Postgres, running_postgres
+from tests.support.servers import (
     REPO,
     Cluster,
     MlflowServer,
@@ -95,6 +97,14 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
         yield MlflowServer(url=url, root=root)
     finally:
         stop_process(proc)
+
+
+# ---------------------------------------------------------------------------- postgres
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """A real PostgreSQL server of the session's own (ingestion sources, tuning studies)."""
+    with running_postgres() as server:
+        yield server
 
 
 # --------------------------------------------------------------------------------- CRD

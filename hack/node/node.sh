@@ -7,6 +7,8 @@ dns_ip=${DNS_IP:-10.0.0.10}
 node_name=${NODE_NAME:-modelyard-node}
 pod_subnet=${POD_SUBNET:-10.88.0.0/24}
 bridge_name=${BRIDGE_NAME:-modelyard0}
+# The CNI network's name: the bridge plugin writes it into the comment of each rule it adds.
+cni_network=${CNI_NETWORK:-modelyard}
 volumes=${NODE_VOLUMES:-12}
 node_components=(containerd kubelet kube-proxy)
 # containerd's state and socket live on tmpfs, in a directory of this cluster's own
@@ -74,7 +76,7 @@ EOF
   cat >"$dir/cni/net.d/10-modelyard.conflist" <<EOF
 {
   "cniVersion": "1.0.0",
-  "name": "modelyard",
+  "name": "$cni_network",
   "plugins": [
     {
       "type": "bridge",
@@ -222,16 +224,38 @@ node_up() {
   log "node $node_name ready in $((SECONDS - t0))s"
 }
 
-# Remove every rule and chain that kube-proxy, kubelet and the CNI plugins made: all
-# KUBE-* and CNI-* chains and every rule that jumps to one. Other rules stay.
+# Remove the rules this node made and nothing else: kube-proxy's through kube-proxy itself
+# (--cleanup), the kubelet's few chains by name, and the CNI rules of this node's own
+# network (the bridge plugin comments each with the network's name, "modelyard") with
+# the per-sandbox chains they jump to. Other runtimes' rules (Docker, another cluster's
+# CNI, the host's own) are left as they are.
 iptables_cleanup() {
-  local save restore rules
+  if [[ -x $bin/kube-proxy ]]; then
+    "$bin/kube-proxy" --cleanup --v 0 >/dev/null 2>&1 || true
+  fi
+  # As iptables-save prints the bridge plugin's comments: name: \"modelyard\" id: \"...\"
+  local marker="name: \\\"$cni_network\\\""
+  local kubelet_chains="KUBE-KUBELET-CANARY KUBE-IPTABLES-HINT KUBE-FIREWALL"
+  local save restore rules chains filtered
   for save in iptables-save ip6tables-save; do
     command -v "$save" >/dev/null || continue
     restore=${save/-save/-restore}
     rules=$("$save" 2>/dev/null) || continue
-    grep -qE '(KUBE|CNI)-' <<<"$rules" || continue
-    grep -vE '^:(KUBE|CNI)-|^-A (KUBE|CNI)-|-j (KUBE|CNI)-' <<<"$rules" | "$restore"
+    chains=$(grep -F -- "$marker" <<<"$rules" | grep -oE -- '-j CNI-[0-9a-f]+' \
+      | awk '{print $2}' | sort -u | tr '\n' ' ' || true)
+    # The marker goes through the environment: awk -v would unescape its backslashes.
+    filtered=$(MARKER=$marker awk -v names="$chains $kubelet_chains" '
+      BEGIN { n = split(names, list, " "); for (i = 1; i <= n; i++) drop[list[i]] = 1 }
+      index($0, ENVIRON["MARKER"]) { next }
+      /^:/ { if (substr($1, 2) in drop) next }
+      /^-A / {
+        if ($2 in drop) next
+        for (i = 3; i < NF; i++) if ($i == "-j" && ($(i + 1) in drop)) next
+      }
+      { print }' <<<"$rules")
+    if [[ $filtered != "$rules" ]]; then
+      "$restore" <<<"$filtered"
+    fi
   done
 }
 
@@ -242,8 +266,13 @@ node_down() {
   if pid_alive containerd && [[ -x $bin/crictl ]]; then
     # Stopping the sandboxes through the CRI lets CNI remove their veths, network
     # namespaces and port mappings.
-    local pods
+    local pods pod
     pods=$(crictl_ pods -q 2>/dev/null || true)
+    # The network namespaces of our own sandboxes, to remove any CNI left behind.
+    for pod in $pods; do
+      crictl_ inspectp "$pod" 2>/dev/null | grep -oE '/var/run/netns/cni-[0-9a-f-]+' \
+        | head -n1 >>"$run/netns" || true
+    done
     if [[ -n $pods ]]; then
       # shellcheck disable=SC2086
       crictl_ stopp $pods >/dev/null 2>&1 || true
@@ -260,12 +289,14 @@ node_down() {
   done
   ip link del "$bridge_name" 2>/dev/null || true
   local ns
-  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^cni-' || true); do
-    # Only namespaces no process is left in (ours, once the shims are gone).
-    if [[ -z $(ip netns pids "$ns" 2>/dev/null) ]]; then
+  for ns in $(sort -u "$run/netns" 2>/dev/null); do
+    # Only our sandboxes' namespaces, and only once no process is left in them.
+    ns=$(basename "$ns")
+    if ip netns list 2>/dev/null | grep -qw "$ns" && [[ -z $(ip netns pids "$ns" 2>/dev/null) ]]; then
       ip netns del "$ns" 2>/dev/null || true
     fi
   done
+  rm -f "$run/netns"
   iptables_cleanup
   if [[ -f $run/sysctl.ip_forward ]]; then
     cat "$run/sysctl.ip_forward" >/proc/sys/net/ipv4/ip_forward

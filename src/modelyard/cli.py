@@ -45,24 +45,29 @@ def _root(
     """Kubernetes-native MLOps toolkit."""
 
 
+#: Each component's CLI module, and the image that carries it: an image installs only
+#: its own component, so `modelyard` there offers only that component's commands.
+COMPONENT_CLIS = (
+    ("modelyard.operator", "modelyard.operator.cli"),
+    ("modelyard.serving", "modelyard.serving.cli"),
+    ("modelyard.pipelines", "modelyard.pipelines.cli"),
+    ("modelyard.pipelines", "modelyard.pipelines.drift.cli"),
+)
+
+
 def _register_components() -> None:
-    # Imported here, not at module top, so that a component's import error names the
-    # component instead of breaking `modelyard --version`.
-    from modelyard.operator.cli import register as register_operator
+    import importlib
 
-    register_operator(app)
-
-    from modelyard.serving.cli import register as register_serving
-
-    register_serving(app)
-
-    from modelyard.pipelines.cli import register as register_pipelines
-
-    register_pipelines(app)
-
-    from modelyard.pipelines.drift.cli import register as register_drift
-
-    register_drift(app)
+    for package, module in COMPONENT_CLIS:
+        try:
+            cli = importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            # Not installed here (an image of another component). Any other missing module
+            # is a real error and is raised, naming the component.
+            if error.name != package:
+                raise
+            continue
+        cli.register(app)
 
 
 _register_components()

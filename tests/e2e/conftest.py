@@ -14,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.incluster import E2E_RELEASE as RELEASE
-from support.servers import REPO, Cluster
+
+from tests.support.incluster import E2E_RELEASE as RELEASE
+from tests.support.servers import REPO, Cluster
 
 
 def _version() -> str:
-    from modelyard import __version__
+    from modelyard._version import __version__
 
     return __version__
 
@@ -70,7 +71,7 @@ def node_cluster(request: pytest.FixtureRequest) -> Any:
 
 @pytest.fixture(scope="session")
 def toolkit_image() -> str:
-    return f"modelyard/modelyard:{_version()}"
+    return f"modelyard/toolkit:{_version()}"
 
 
 @pytest.fixture(scope="module")

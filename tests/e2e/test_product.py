@@ -1,7 +1,9 @@
 """The whole product on a real node: chart -> pipeline Job -> registered model ->
 ModelDeployment -> pods answering -> alias move under load -> drift check -> uninstall.
 
-The tests run in file order and share one installed release (module fixture).
+The tests share one installed release (module fixture); what a test needs from an
+earlier step (the trained champion, the ModelDeployment serving it) is a fixture of its
+own, so each test can run alone (pytest -k) and in any order.
 """
 
 from __future__ import annotations
@@ -15,15 +17,15 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from support.incluster import E2E_RELEASE as RELEASE
-from support.incluster import port_forward, run_pod, start_pod, wait_pod
-from support.kube import wait_for
+
+from tests.support.incluster import E2E_RELEASE as RELEASE
+from tests.support.incluster import port_forward, run_pod, start_pod, wait_pod
+from tests.support.kube import wait_for
 
 # Setting up the release (images loaded, chart installed) takes minutes on 2 cores.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 
 MODEL = "churn"
-state: dict[str, Any] = {}
 
 
 @contextmanager
@@ -66,7 +68,10 @@ def test_chart_installs_and_its_pods_run(node_cluster: Any, release: str) -> Non
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
-def test_pipeline_job_trains_and_registers_the_champion(node_cluster: Any, release: str) -> None:
+@pytest.fixture(scope="module")
+def champion(node_cluster: Any, release: str) -> int:
+    """The sample pipeline run as a Job from the chart's CronJob: the version it made
+    champion."""
     job = "churn-first-run"
     node_cluster.run_kubectl(
         "-n", release, "create", "job", job, f"--from=cronjob/{RELEASE}-modelyard-churn"
@@ -84,17 +89,23 @@ def test_pipeline_job_trains_and_registers_the_champion(node_cluster: Any, relea
         logs = node_cluster.run_kubectl("-n", release, "logs", f"job/{job}", check=False)
         pytest.fail(f"the pipeline Job did not complete:\n{logs.stdout[-5000:]}{logs.stderr}")
     with mlflow_client(node_cluster, release) as (mlflow, _):
-        champion = mlflow.get_model_version_by_alias(MODEL, "champion")
-        assert champion.status == "READY"
-        run = mlflow.get_run(champion.run_id)
+        return int(mlflow.get_model_version_by_alias(MODEL, "champion").version)
+
+
+def test_pipeline_job_trains_and_registers_the_champion(
+    node_cluster: Any, release: str, champion: int
+) -> None:
+    with mlflow_client(node_cluster, release) as (mlflow, _):
+        version = mlflow.get_model_version(MODEL, str(champion))
+        assert version.status == "READY"
+        run = mlflow.get_run(version.run_id)
         sources = [d.dataset.source for d in run.inputs.dataset_inputs]
         assert sources and all("date=" in s for s in sources)  # lineage: exact partitions
-    state["v1"] = int(champion.version)
 
 
-def test_model_deployment_becomes_ready_with_the_registered_version(
-    node_cluster: Any, release: str
-) -> None:
+@pytest.fixture(scope="module")
+def serving(node_cluster: Any, release: str, champion: int) -> int:
+    """A ModelDeployment of churn@champion, Ready: the version it serves."""
     manifest = {
         "apiVersion": "modelyard.io/v1alpha1",
         "kind": "ModelDeployment",
@@ -126,20 +137,29 @@ def test_model_deployment_becomes_ready_with_the_registered_version(
         "--timeout=600s",
         check=False,
     )
+    if waited.returncode != 0:
+        status = md(node_cluster, release).get("status")
+        pytest.fail(f"md/{MODEL} not Ready:\n{json.dumps(status, indent=1)}")
+    return champion
+
+
+def test_model_deployment_becomes_ready_with_the_registered_version(
+    node_cluster: Any, release: str, serving: int, champion: int
+) -> None:
     obj = md(node_cluster, release)
-    assert waited.returncode == 0, json.dumps(obj.get("status"), indent=1)
-    assert obj["status"]["model"]["version"] == state["v1"]
-    assert obj["status"]["model"]["uri"] == f"models:/{MODEL}/{state['v1']}"
+    assert serving == champion
+    assert obj["status"]["model"]["version"] == champion
+    assert obj["status"]["model"]["uri"] == f"models:/{MODEL}/{champion}"
 
 
 def test_predictions_in_the_cluster_equal_model_predict(
-    node_cluster: Any, release: str, toolkit_image: str
+    node_cluster: Any, release: str, toolkit_image: str, serving: int
 ) -> None:
     import mlflow
 
     with mlflow_client(node_cluster, release) as (_, uri):
         mlflow.set_tracking_uri(uri)
-        model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{state['v1']}")
+        model = mlflow.pyfunc.load_model(f"models:/{MODEL}/{serving}")
         rows = model.input_example
         assert isinstance(rows, pd.DataFrame) and len(rows) > 0
         expected = [float(x) for x in pd.Series(model.predict(rows)).tolist()]
@@ -189,15 +209,18 @@ print(json.dumps({{"sent": n, "ok": ok, "failed": failed, "seconds": elapsed,
 
 
 def test_alias_move_rolls_out_with_zero_failed_requests_under_load(
-    node_cluster: Any, release: str, toolkit_image: str
+    node_cluster: Any, release: str, toolkit_image: str, serving: int
 ) -> None:
     with mlflow_client(node_cluster, release) as (mlflow, uri):
-        v1 = mlflow.get_model_version(MODEL, str(state["v1"]))
-        # A second version of the same model files: what matters is the rollout.
-        # MLflow 3: a version's source is its logged model, models:/<model id>.
-        model_id = v1.model_id or v1.source.removeprefix("models:/")
+        v1 = mlflow.get_model_version(MODEL, str(serving))
+        # A second version of the same model files (the same logged model): what matters
+        # is the rollout.
+        run = mlflow.get_run(v1.run_id)
+        [logged] = mlflow.search_logged_models(
+            [run.info.experiment_id], filter_string=f"source_run_id = '{v1.run_id}'"
+        )
         v2 = mlflow.create_model_version(
-            MODEL, source=v1.source, run_id=v1.run_id, model_id=model_id
+            MODEL, source=v1.source, run_id=v1.run_id, model_id=logged.model_id
         )
         wait_for(
             "version 2 READY",
@@ -236,7 +259,7 @@ def test_alias_move_rolls_out_with_zero_failed_requests_under_load(
     assert result["failed"] == 0, result
     assert result["ok"] / result["seconds"] >= 20, result
     history = md(node_cluster, release)["status"]["history"]
-    assert [h["version"] for h in history[:2]] == [int(v2.version), state["v1"]]
+    assert [h["version"] for h in history[:2]] == [int(v2.version), serving]
 
 
 DRIFT_SCRIPT = """
@@ -261,9 +284,9 @@ print(json.dumps({{"exit": done.returncode, "shifted": numeric,
 
 
 def test_drift_check_runs_in_the_cluster_and_its_report_exists(
-    node_cluster: Any, release: str, toolkit_image: str
+    node_cluster: Any, release: str, toolkit_image: str, champion: int
 ) -> None:
-    version = str(state["v1"])
+    version = str(champion)
     out = run_pod(
         node_cluster,
         release,

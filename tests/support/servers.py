@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -24,7 +25,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def log_tail(path: Path, lines: int = 40) -> str:
+def log_tail(path: Path, lines: int = 60) -> str:
     if not path.exists():
         return f"(no log at {path})"
     text = path.read_text(errors="replace").splitlines()
@@ -66,6 +67,51 @@ def subprocess_env(**extra: str) -> dict[str, str]:
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env.update(extra)
     return env
+
+
+@dataclass
+class ServerProcess:
+    """A server the test setup started: its URL, process and log."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM (what Kubernetes sends), then SIGKILL to the group; the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        return int(self.proc.returncode)
+
+
+def start_server(
+    argv: list[str],
+    port: int,
+    ready_path: str,
+    log: Path,
+    env: dict[str, str] | None = None,
+    timeout: float = 180,
+) -> ServerProcess:
+    """Start ``argv`` in its own session and wait until ``ready_path`` answers 200."""
+    proc = subprocess.Popen(
+        argv,
+        stdout=log.open("wb"),
+        stderr=subprocess.STDOUT,
+        env=subprocess_env(BENTOML_DO_NOT_TRACK="True", **(env or {})),
+        start_new_session=True,
+    )
+    server = ServerProcess(f"http://127.0.0.1:{port}", proc, log)
+    try:
+        wait_http(server.url + ready_path, timeout, proc, log)
+    except BaseException:
+        server.stop()
+        raise
+    return server
 
 
 @dataclass(frozen=True)

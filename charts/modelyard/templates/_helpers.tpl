@@ -108,8 +108,6 @@ seccompProfile:
 allowPrivilegeEscalation: false
 readOnlyRootFilesystem: true
 runAsNonRoot: true
-runAsUser: 10001
-runAsGroup: 10001
 capabilities:
   drop: [ALL]
 seccompProfile:
@@ -164,7 +162,7 @@ empty with pathInImage), schedule, timeZone, timeoutSeconds, resources, suspend,
 {{- range $path, $bytes := .Files.Glob "files/pipelines/*.yaml" -}}
 {{- $source := toString $bytes -}}
 {{- $def := fromYaml $source -}}
-{{- $items = append $items (dict "name" $def.name "source" $source "pathInImage" "" "schedule" $def.schedule "timeZone" ($def.timezone | default "") "timeoutSeconds" ($def.timeout_seconds | default 0) "resources" ($def.resources | default dict) "suspend" false "skipSteps" list) -}}
+{{- $items = append $items (dict "name" $def.name "source" $source "pathInImage" "" "schedule" $def.schedule "timeZone" ($def.timezone | default "") "deadline" (include "modelyard.pipeline.deadline" (dict "def" $def "ctx" $)) "resources" ($def.resources | default dict) "suspend" false "skipSteps" list) -}}
 {{- end -}}
 {{- end -}}
 {{- range $key, $p := .Values.pipelines.definitions -}}
@@ -181,9 +179,33 @@ empty with pathInImage), schedule, timeZone, timeoutSeconds, resources, suspend,
 {{- if not $schedule -}}
 {{- fail (printf "pipelines.definitions.%s has no schedule: set schedule in the pipeline or in the values" $key) -}}
 {{- end -}}
-{{- $items = append $items (dict "name" $key "source" ($p.definition | default "") "pathInImage" ($p.pathInImage | default "") "schedule" $schedule "timeZone" ($p.timeZone | default $def.timezone | default "") "timeoutSeconds" ($def.timeout_seconds | default 0) "resources" ($p.resources | default $def.resources | default dict) "suspend" ($p.suspend | default false) "skipSteps" ($p.skipSteps | default list)) -}}
+{{- $items = append $items (dict "name" $key "source" ($p.definition | default "") "pathInImage" ($p.pathInImage | default "") "schedule" $schedule "timeZone" ($p.timeZone | default $def.timezone | default "") "deadline" (include "modelyard.pipeline.deadline" (dict "def" $def "ctx" $)) "resources" ($p.resources | default $def.resources | default dict) "suspend" ($p.suspend | default false) "skipSteps" ($p.skipSteps | default list)) -}}
 {{- end -}}
 {{- toJson $items -}}
+{{- end -}}
+
+{{/*
+A pipeline run's deadline (the Job's activeDeadlineSeconds), as `modelyard pipeline
+render` computes it: the pipeline's timeout plus 120 s; without one, every step's worst
+case (timeout or 3600 s, times its attempts) one after the other, plus 120 s; a pipeline
+file only in the image gets pipelines.activeDeadlineSeconds. Every run has a deadline: a
+hung run must never block the next ones (concurrencyPolicy Forbid).
+*/}}
+{{- define "modelyard.pipeline.deadline" -}}
+{{- $def := .def -}}
+{{- if $def.timeout_seconds -}}
+{{- add (int $def.timeout_seconds) 120 -}}
+{{- else if $def.steps -}}
+{{- $total := 120 -}}
+{{- range $def.steps -}}
+{{- $attempts := 1 -}}
+{{- if .retries -}}{{- $attempts = .retries.attempts | default 1 -}}{{- end -}}
+{{- $total = add $total (mul (int (.timeout_seconds | default 3600)) (int $attempts)) -}}
+{{- end -}}
+{{- $total -}}
+{{- else -}}
+{{- .ctx.Values.pipelines.activeDeadlineSeconds -}}
+{{- end -}}
 {{- end -}}
 
 {{- define "modelyard.pipeline.cronJobName" -}}

@@ -10,9 +10,10 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from integration.chart.cluster_checks import ChartMlflow, label_restricted
-from support.servers import free_port, stop_process, subprocess_env, wait_http
-from unit.chart.rendering import helm, one, render
+
+from tests.integration.chart.cluster_checks import ChartMlflow, label_restricted
+from tests.support.servers import free_port, stop_process, subprocess_env, wait_http
+from tests.unit.chart.rendering import helm, one, render
 
 
 @pytest.fixture

@@ -8,8 +8,9 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from integration.chart.cluster_checks import leftovers, wait_until_gone
-from unit.chart.rendering import CHART, helm
+
+from tests.integration.chart.cluster_checks import leftovers, wait_until_gone
+from tests.unit.chart.rendering import CHART, helm
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 import yaml
-from integration.chart.cluster_checks import kubectl, wait_until_gone
-from unit.chart.rendering import REPO, template
+
+from tests.integration.chart.cluster_checks import kubectl, wait_until_gone
+from tests.unit.chart.rendering import REPO, template
 
 pytestmark = pytest.mark.integration
 

@@ -17,36 +17,18 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from integration.chart.cluster_checks import ChartMlflow, kubectl, sa_kubeconfig
-from support.kube import condition, wait_for
-from support.servers import free_port, log_tail, stop_process, subprocess_env
-from unit.chart.rendering import CHART, helm
+
+from tests.integration.chart.cluster_checks import ChartMlflow, kubectl, sa_kubeconfig
+from tests.support.kube import condition, wait_for
+from tests.support.models import register_sklearn_model
+from tests.support.servers import free_port, log_tail, stop_process, subprocess_env
+from tests.unit.chart.rendering import CHART, helm
 
 pytestmark = pytest.mark.integration
 
 
 def register_model(tracking_uri: str) -> str:
-    import mlflow
-    import numpy as np
-    import pandas as pd
-    from mlflow import MlflowClient
-    from sklearn.linear_model import LogisticRegression
-
-    name = f"c-{uuid.uuid4().hex[:8]}"
-    x = pd.DataFrame(np.random.default_rng(3).normal(size=(40, 3)), columns=["a", "b", "c"])
-    y = (x["a"] > 0).astype(int)
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracking_uri)
-    try:
-        mlflow.set_experiment(name)
-        with mlflow.start_run():
-            mlflow.sklearn.log_model(
-                LogisticRegression().fit(x, y), name="model", registered_model_name=name
-            )
-    finally:
-        mlflow.set_tracking_uri(previous)
-    MlflowClient(tracking_uri).set_registered_model_alias(name, "champion", "1")
-    return name
+    return register_sklearn_model(tracking_uri, name=f"c-{uuid.uuid4().hex[:8]}").name
 
 
 class RunningOperator:

@@ -9,8 +9,9 @@ from typing import Any
 
 import pytest
 import yaml
-from integration.chart.cluster_checks import kubectl
-from unit.chart.rendering import CI_VALUES, REPO, template
+
+from tests.integration.chart.cluster_checks import kubectl
+from tests.unit.chart.rendering import CI_VALUES, REPO, template
 
 pytestmark = pytest.mark.integration
 

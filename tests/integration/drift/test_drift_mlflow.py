@@ -26,6 +26,7 @@ from modelyard.pipelines.drift import (
     read_prediction_log,
     render_evidently_html,
 )
+from tests.support.models import register_sklearn_model
 
 pytestmark = pytest.mark.integration
 
@@ -54,45 +55,25 @@ class RegisteredModel:
 
 
 def _register(tracking_uri: str, tmp_path: Path, with_reference_artifact: bool) -> RegisteredModel:
-    import mlflow
-    from sklearn.compose import ColumnTransformer
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import OneHotEncoder
+    from tests.integration.operator.test_monitoring import churn_estimator
 
-    mlflow.set_tracking_uri(tracking_uri)
     name = f"churn-{uuid.uuid4().hex[:8]}"
-    mlflow.set_experiment(name)
     train = features(3_000, seed=1)
     label = (train["amount"] > 25).astype(int)
-    model = Pipeline(
-        [
-            (
-                "prep",
-                ColumnTransformer([("plan", OneHotEncoder(), ["plan"])], remainder="passthrough"),
-            ),
-            ("model", LogisticRegression(max_iter=500)),
-        ]
-    ).fit(train, label)
     partition = tmp_path / f"{name}-features.parquet"
     train.assign(churned=label).to_parquet(partition, index=False)
-    with mlflow.start_run() as run:
-        dataset = mlflow.data.from_pandas(
-            train.assign(churned=label), source=str(partition), targets="churned"
-        )
-        mlflow.log_input(dataset, context="training")
-        info = mlflow.sklearn.log_model(
-            model,
-            name="model",
-            signature=mlflow.models.infer_signature(train, model.predict(train)),
-            registered_model_name=name,
-        )
-        if with_reference_artifact:
-            reference = tmp_path / "data.parquet"
-            train.to_parquet(reference, index=False)
-            mlflow.log_artifact(str(reference), artifact_path="reference")
+    registered = register_sklearn_model(
+        tracking_uri,
+        churn_estimator(),
+        train,
+        name=name,
+        label=label,
+        alias=None,
+        datasets=[(str(partition), "training")],
+        reference=train if with_reference_artifact else None,
+    )
     return RegisteredModel(
-        tracking_uri, name, str(info.registered_model_version), run.info.run_id, model
+        tracking_uri, name, registered.version, registered.run_id, registered.estimator
     )
 
 

@@ -9,18 +9,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import pandas as pd
 import pytest
-from support.operator import running_operator
-from support.servers import free_port, start_mlflow_server, stop_process, wait_http
+from mlflow import MlflowClient
+
+from tests.support.models import register_sklearn_model, small_frame
+from tests.support.operator import running_operator
+from tests.support.servers import free_port, start_mlflow_server, stop_process, wait_http
 
 RESOLVE_INTERVAL = 2.0
 
 
 @pytest.fixture(scope="session", autouse=True)
 def operator_environment(cluster: Any) -> None:
-    # Read when modelyard.operator.handlers is imported (the timer interval is fixed then).
+    # Read by each operator when it starts (OperatorSettings.from_env).
     os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
     os.environ["MODELYARD_RESOLVE_INTERVAL"] = str(RESOLVE_INTERVAL)
     os.environ["MODELYARD_SERVER_IMAGE"] = "modelyard/server:test"
@@ -33,45 +34,38 @@ def operator(namespace: str, crd: Any) -> Iterator[Any]:
 
 
 @dataclass
-class Registered:
+class RegisteredVersions:
     name: str
     versions: list[int]
     run_ids: list[str]
 
 
 @pytest.fixture
-def register_model(mlflow_server: Any) -> Callable[..., Registered]:
-    """Register ``n`` versions of a small scikit-learn model under a fresh name."""
-    import mlflow
-    from mlflow import MlflowClient
-    from sklearn.linear_model import LogisticRegression
+def register_model(mlflow_server: Any) -> Callable[..., RegisteredVersions]:
+    """Register ``n`` versions of a small scikit-learn model under a fresh name, each
+    trained on a dated partition it records as its lineage."""
 
-    mlflow.set_tracking_uri(mlflow_server.url)
-
-    def register(n: int = 1, alias: str | None = "champion") -> Registered:
+    def register(n: int = 1, alias: str | None = "champion") -> RegisteredVersions:
         name = f"m-{uuid.uuid4().hex[:8]}"
-        mlflow.set_experiment(name)
         versions, run_ids = [], []
-        rng = np.random.default_rng(len(name))
         for i in range(n):
-            x = pd.DataFrame(rng.normal(size=(60, 3)), columns=["a", "b", "c"])
-            y = (x["a"] + i * x["b"] > 0).astype(int)
-            with mlflow.start_run() as run:
-                dataset = mlflow.data.from_pandas(
-                    x.assign(label=y), source=f"file:///lake/{name}/date=2026-11-0{i + 1}"
-                )
-                mlflow.log_input(dataset, context="training")
-                info = mlflow.sklearn.log_model(
-                    LogisticRegression().fit(x, y),
-                    name="model",
-                    registered_model_name=name,
-                    input_example=x.head(2),
-                )
-            versions.append(int(info.registered_model_version))
-            run_ids.append(run.info.run_id)
+            x, _ = small_frame(seed=len(name))
+            registered = register_sklearn_model(
+                mlflow_server.url,
+                frame=x,
+                label=(x["a"] + i * x["b"] > 0).astype(int),
+                name=name,
+                alias=None,
+                datasets=[(f"file:///lake/{name}/date=2026-11-0{i + 1}", "training")],
+                input_example=True,
+            )
+            versions.append(int(registered.version))
+            run_ids.append(registered.run_id)
         if alias:
-            MlflowClient().set_registered_model_alias(name, alias, str(versions[0]))
-        return Registered(name=name, versions=versions, run_ids=run_ids)
+            MlflowClient(mlflow_server.url).set_registered_model_alias(
+                name, alias, str(versions[0])
+            )
+        return RegisteredVersions(name=name, versions=versions, run_ids=run_ids)
 
     return register
 
@@ -84,25 +78,7 @@ class PrivateMlflow:
     proc: Any
 
     def register(self) -> str:
-        import mlflow
-        from mlflow import MlflowClient
-        from sklearn.linear_model import LogisticRegression
-
-        name = f"p-{uuid.uuid4().hex[:8]}"
-        x = pd.DataFrame(np.random.default_rng(1).normal(size=(40, 3)), columns=["a", "b", "c"])
-        y = (x["a"] > 0).astype(int)
-        previous = mlflow.get_tracking_uri()
-        mlflow.set_tracking_uri(self.url)
-        try:
-            mlflow.set_experiment(name)
-            with mlflow.start_run():
-                mlflow.sklearn.log_model(
-                    LogisticRegression().fit(x, y), name="model", registered_model_name=name
-                )
-        finally:
-            mlflow.set_tracking_uri(previous)
-        MlflowClient(self.url).set_registered_model_alias(name, "champion", "1")
-        return name
+        return register_sklearn_model(self.url, name=f"p-{uuid.uuid4().hex[:8]}").name
 
     def stop(self) -> None:
         stop_process(self.proc)

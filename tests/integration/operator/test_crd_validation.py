@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from support.kube import md_body, wait_for
+
+from tests.support.kube import md_body, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -4,7 +4,6 @@ MLflow server), the result in status, and the retraining Job on drift."""
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,10 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 from kubernetes import client
 from mlflow import MlflowClient
-from support.kube import ModelDeployments, condition, wait_for
 from typer.testing import CliRunner
 
 from modelyard.cli import app
+from tests.support.kube import ModelDeployments, condition, wait_for
+from tests.support.models import register_sklearn_model
 
 pytestmark = pytest.mark.integration
 
@@ -72,39 +72,26 @@ class Model:
 
 def register_with_lineage(tracking_uri: str, tmp_path: Path) -> Model:
     """A model the way the training pipeline registers one: with its reference data."""
-    import mlflow
+    train = features(3_000, seed=1)
+    registered = register_sklearn_model(
+        tracking_uri,
+        churn_estimator(),
+        train,
+        label=(train["amount"] > 25).astype(int),
+        name=f"churn-{uuid.uuid4().hex[:8]}",
+        reference=train,
+    )
+    return Model(registered.name, registered.version, registered.estimator)
+
+
+def churn_estimator() -> Any:
     from sklearn.compose import ColumnTransformer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import OneHotEncoder
 
-    mlflow.set_tracking_uri(tracking_uri)
-    name = f"churn-{uuid.uuid4().hex[:8]}"
-    mlflow.set_experiment(name)
-    train = features(3_000, seed=1)
-    label = (train["amount"] > 25).astype(int)
-    estimator = Pipeline(
-        [
-            (
-                "prep",
-                ColumnTransformer([("plan", OneHotEncoder(), ["plan"])], remainder="passthrough"),
-            ),
-            ("model", LogisticRegression(max_iter=500)),
-        ]
-    ).fit(train, label)
-    reference = tmp_path / "data.parquet"
-    train.to_parquet(reference, index=False)
-    with mlflow.start_run():
-        info = mlflow.sklearn.log_model(
-            estimator,
-            name="model",
-            signature=mlflow.models.infer_signature(train, estimator.predict(train)),
-            registered_model_name=name,
-        )
-        mlflow.log_artifact(str(reference), artifact_path="reference")
-    version = str(info.registered_model_version)
-    MlflowClient(tracking_uri).set_registered_model_alias(name, "champion", version)
-    return Model(name, version, estimator)
+    encode = ColumnTransformer([("plan", OneHotEncoder(), ["plan"])], remainder="passthrough")
+    return Pipeline([("prep", encode), ("model", LogisticRegression(max_iter=500))])
 
 
 def log_predictions(base: Path, model: Model, frame: pd.DataFrame) -> None:
@@ -268,7 +255,7 @@ TRAINING_CRONJOB = {
                         "containers": [
                             {
                                 "name": "train",
-                                "image": "modelyard/modelyard:test",
+                                "image": "modelyard/toolkit:test",
                                 "args": ["pipeline", "run", "/pipelines/churn.yaml"],
                             }
                         ],
@@ -322,7 +309,9 @@ def test_drift_starts_exactly_one_retraining_job_per_episode(
     md = k8s.wait_md(
         "churn", "the second check", lambda m: m["status"]["drift"]["runId"] != first_run
     )
-    time.sleep(4 * RESOLVE_INTERVAL)
+    # Three more scheduler passes (each re-reads the tags) make no second training run.
+    passes = operator.metric("modelyard_operator_scheduler_passes_total")
+    operator.wait_metric("modelyard_operator_scheduler_passes_total", passes + 3)
     md = k8s.md("churn")
     assert md["status"]["drift"]["episode"]["runId"] == first_run
     assert md["status"]["drift"]["retrainJob"] == job_name

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 from mlflow import MlflowClient
-from support.kube import GROUP, PLURAL, VERSION, ModelDeployments, condition, wait_for
-from support.operator import running_operator
 
-from modelyard.operator.registry import deployed_tag_key
+from modelyard.core.contracts import deployed_tag_key
+from tests.support.kube import GROUP, PLURAL, VERSION, ModelDeployments, condition, wait_for
+from tests.support.operator import running_operator
 
 pytestmark = pytest.mark.integration
 
@@ -295,21 +295,68 @@ def test_operator_restart_changes_no_child(
                 found[f"{kind}/{obj.metadata.name}"] = obj.metadata.resource_version
         return found
 
-    with running_operator(k8s.ns):
+    with running_operator(k8s.ns) as first_operator:
         k8s.create("steady", spec)
         wait_for("status.model", lambda: k8s.md("steady").get("status", {}).get("model"))
         wait_for("the PDB", lambda: k8s.policy.list_namespaced_pod_disruption_budget(k8s.ns).items)
-        # Let at least one timer pass re-apply everything.
-        time.sleep(RESOLVE_INTERVAL * 2)
+        first_operator.wait_metric("modelyard_operator_scheduler_passes_total", 2)
         first = children()
-        history = k8s.md("steady")["status"]["history"]
+        md_version = k8s.md("steady")["metadata"]["resourceVersion"]
     assert set(first) == {"Deployment/steady", "Service/steady", "PodDisruptionBudget/steady"}
 
-    with running_operator(k8s.ns):
-        # Resume handler plus a few timer passes.
-        time.sleep(RESOLVE_INTERVAL * 3)
-        assert children() == first  # same objects, same resourceVersions: nothing rewritten
-        assert k8s.md("steady")["status"]["history"] == history
+    # Every write the restarted operator makes shows on a watch from here on.
+    watched = watch_writes(k8s, since=max(int(v) for v in [*first.values(), md_version]))
+    with running_operator(k8s.ns) as second_operator:
+        # Its pass over what it found on start, then scheduler passes of its own.
+        second_operator.wait_metric("modelyard_operator_reconciles_total", 1)
+        second_operator.wait_metric("modelyard_operator_scheduler_passes_total", 2)
+        assert second_operator.metric("modelyard_operator_api_writes_total") == 0
+    assert watched() == []  # no child and no status rewritten
+    assert children() == first
+
+
+def watch_writes(k8s: Cluster, since: int) -> Callable[[], list[str]]:
+    """Start watching the namespace's ModelDeployments and children from resourceVersion
+    ``since``; the returned function stops and says what changed."""
+    import threading
+
+    from kubernetes import watch
+
+    seen: list[str] = []
+    watchers: list[watch.Watch] = []
+    lists = (
+        k8s.apps.list_namespaced_deployment,
+        k8s.core.list_namespaced_service,
+        k8s.policy.list_namespaced_pod_disruption_budget,
+    )
+
+    def follow(list_fn: Any, *args: Any) -> None:
+        w = watch.Watch()
+        watchers.append(w)
+        for event in w.stream(list_fn, *args, resource_version=str(since), timeout_seconds=300):
+            obj = event["object"]
+            meta = obj["metadata"] if isinstance(obj, dict) else obj.metadata
+            name = meta["name"] if isinstance(meta, dict) else meta.name
+            seen.append(f"{event['type']} {name}")
+
+    threads = [threading.Thread(target=follow, args=(fn, k8s.ns), daemon=True) for fn in lists]
+    threads.append(
+        threading.Thread(
+            target=follow,
+            args=(k8s.custom.list_namespaced_custom_object, GROUP, VERSION, k8s.ns, PLURAL),
+            daemon=True,
+        )
+    )
+    for thread in threads:
+        thread.start()
+
+    def stop() -> list[str]:
+        time.sleep(1)  # events in flight reach the watch
+        for w in watchers:
+            w.stop()
+        return list(seen)
+
+    return stop
 
 
 def test_deletion_removes_children_and_the_registry_tag(

@@ -18,7 +18,7 @@ import pytest
 from mlflow import MlflowClient
 
 if TYPE_CHECKING:
-    from conftest import MlflowServer
+    from tests.support.servers import MlflowServer
 
 pytestmark = pytest.mark.integration
 

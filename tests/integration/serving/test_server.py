@@ -21,13 +21,14 @@ import pyarrow.dataset as ds
 import pytest
 from mlflow.pyfunc.scoring_server.client import ScoringServerClient
 
-if TYPE_CHECKING:  # the fixtures' types; conftest is not importable under importlib mode
-    from conftest import RegisteredModel, RunningServer, ServerUnderTest
+from tests.integration.serving.conftest import MODEL_NAME
+
+if TYPE_CHECKING:
+    from tests.integration.serving.conftest import RegisteredModel, ServerUnderTest
+    from tests.support.servers import ServerProcess
 
 pytestmark = pytest.mark.integration
 
-# The model the session's fixtures register (tests/integration/serving/conftest.py).
-MODEL_NAME = "it-forest"
 FEATURES = ["x0", "x1", "x2", "x3"]
 
 
@@ -62,7 +63,7 @@ def test_predict_answers_with_the_models_own_predictions_and_names_the_version(
 def test_invocations_matches_mlflow_models_serve_in_every_format(
     form: str,
     modelyard_server: ServerUnderTest,
-    mlflow_models_serve: RunningServer,
+    mlflow_models_serve: ServerProcess,
     registered_forest: RegisteredModel,
 ) -> None:
     body = scoring_bodies(registered_forest.rows)[form]
@@ -85,7 +86,7 @@ def test_rows_in_signature_order_are_accepted_where_mlflow_refuses_them(
 
 def test_mlflows_own_scoring_client_gets_the_same_answers_from_both(
     modelyard_server: ServerUnderTest,
-    mlflow_models_serve: RunningServer,
+    mlflow_models_serve: ServerProcess,
     registered_forest: RegisteredModel,
 ) -> None:
     answers = []

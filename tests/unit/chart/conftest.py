@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from unit.chart.rendering import render
+
+from tests.unit.chart.rendering import render
 
 
 @pytest.fixture(scope="session")

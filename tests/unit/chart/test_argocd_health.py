@@ -10,7 +10,8 @@ import textwrap
 from typing import Any
 
 import pytest
-from unit.chart.rendering import REPO
+
+from tests.unit.chart.rendering import REPO
 
 HEALTH_LUA = REPO / "docs" / "gitops" / "argocd-health.lua"
 

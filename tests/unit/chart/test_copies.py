@@ -7,7 +7,8 @@ import subprocess
 from pathlib import Path
 
 import yaml
-from unit.chart.rendering import CHART, REPO, tool
+
+from tests.unit.chart.rendering import CHART, REPO, tool
 
 
 def test_crd_copy_is_identical() -> None:

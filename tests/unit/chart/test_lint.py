@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from unit.chart.rendering import CHART, CI_VALUES, helm
+
+from tests.unit.chart.rendering import CHART, CI_VALUES, helm
 
 
 def test_every_configuration_has_a_values_file() -> None:

@@ -1,36 +1,83 @@
-"""The chart's CronJobs run pipelines the way `modelyard pipeline render` does: same
-pipeline file path, lake mount, environment and user, so a pipeline behaves the same
+"""The chart's CronJobs run pipelines exactly as `modelyard pipeline render` describes
+them: the whole pod and the Job's limits are compared, so a pipeline behaves the same
 whichever way it was scheduled."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from unit.chart.rendering import CHART, env_of, find, pod_spec
+import pytest
 
-from modelyard.pipelines import manifests
+from modelyard._version import __version__
 from modelyard.pipelines.definition import load_pipeline
+from modelyard.pipelines.manifests import RenderOptions, build_cronjob
+from tests.unit.chart.rendering import CHART, find, render
+
+RELEASE, NAMESPACE = "my", "ml"
+SAMPLES = sorted((CHART / "files" / "pipelines").glob("*.yaml"))
 
 
-def test_cronjobs_match_pipeline_render(default_objects: list[dict[str, Any]]) -> None:
-    cronjobs = find(default_objects, "CronJob")
-    assert cronjobs
-    for cronjob in cronjobs:
-        spec = pod_spec(cronjob)
-        container = spec["containers"][0]
-        assert container["args"][0] == f"{manifests.PIPELINE_DIR}/{manifests.PIPELINE_FILE}"
-        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
-        assert mounts["pipeline"] == manifests.PIPELINE_DIR
-        assert mounts["lake"] == manifests.LAKE_MOUNT
-        env = env_of(container)
-        assert env["MODELYARD_LAKE"] == manifests.LAKE_MOUNT
-        assert env["MODELYARD_HOME"].startswith("/tmp/")
-        assert spec["securityContext"]["runAsUser"] == manifests.RUN_AS_USER
+def _chart_cronjob(objects: list[dict[str, Any]], pipeline: str) -> dict[str, Any]:
+    found = [
+        o
+        for o in find(objects, "CronJob")
+        if o["metadata"]["labels"].get("modelyard.io/pipeline") == pipeline
+    ]
+    assert len(found) == 1, f"the chart renders no CronJob for {pipeline}"
+    return found[0]
+
+
+def _rendered(path: Any, **options: Any) -> dict[str, Any]:
+    pipeline = load_pipeline(path, {}, strict_placeholders=False)
+    defaults: dict[str, Any] = {
+        "image": f"modelyard/toolkit:{__version__}",
+        "namespace": NAMESPACE,
+        "config_map": f"{RELEASE}-modelyard-{pipeline.name}-pipeline",
+        "lake_pvc": f"{RELEASE}-modelyard-lake",
+        "tracking_uri": f"http://{RELEASE}-modelyard-mlflow.{NAMESPACE}.svc:5000",
+    }
+    return build_cronjob(pipeline.spec, RenderOptions(**{**defaults, **options}))
+
+
+def _job(cronjob: dict[str, Any]) -> dict[str, Any]:
+    spec = dict(cronjob["spec"]["jobTemplate"]["spec"])
+    template = spec.pop("template")
+    return {"job": spec, "pod": template["spec"]}
+
+
+@pytest.mark.parametrize("path", SAMPLES, ids=[p.stem for p in SAMPLES])
+def test_chart_pod_is_the_rendered_pod(default_objects: list[dict[str, Any]], path: Any) -> None:
+    name = load_pipeline(path, {}, strict_placeholders=False).name
+    assert _job(_chart_cronjob(default_objects, name)) == _job(_rendered(path))
+
+
+def test_chart_pod_with_registry_secrets_and_an_s3_lake() -> None:
+    objects = render(
+        "--set",
+        "pipelines.envSecret=pipeline-env",
+        "--set",
+        "lake.url=s3://lake/data",
+        "--set",
+        "imagePullSecrets[0].name=regcred",
+        "--set",
+        "image.toolkit.pullPolicy=Always",
+    )
+    for path in SAMPLES:
+        name = load_pipeline(path, {}, strict_placeholders=False).name
+        expected = _rendered(
+            path,
+            lake="s3://lake/data",
+            lake_pvc=None,
+            env_secret="pipeline-env",
+            image_pull_secrets=["regcred"],
+            image_pull_policy="Always",
+        )
+        assert _job(_chart_cronjob(objects, name)) == _job(expected)
 
 
 def test_sample_pipelines_load(tmp_path: Any) -> None:
     """The files the chart mounts are valid pipelines."""
-    for path in sorted((CHART / "files" / "pipelines").glob("*.yaml")):
+    for path in SAMPLES:
         pipeline = load_pipeline(
             path, {"lake": str(tmp_path), "home": str(tmp_path), "date": "2026-11-28"}
         )

@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from unit.chart.rendering import CI_VALUES, find, one, render
+
+from tests.unit.chart.rendering import CI_VALUES, find, one, render
 
 RBAC_KINDS = {"Role", "ClusterRole"}
 

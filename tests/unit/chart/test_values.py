@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 import yaml
-from unit.chart.rendering import CHART, helm
+
+from tests.unit.chart.rendering import CHART, helm
 
 KEY = re.compile(r"^(?P<indent> *)(?P<key>[A-Za-z][A-Za-z0-9]*):")
 

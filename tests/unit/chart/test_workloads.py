@@ -7,7 +7,17 @@ from typing import Any
 
 import pytest
 import yaml
-from unit.chart.rendering import CHART, CI_VALUES, env_of, find, one, pod_spec, render, workloads
+
+from tests.unit.chart.rendering import (
+    CHART,
+    CI_VALUES,
+    env_of,
+    find,
+    one,
+    pod_spec,
+    render,
+    workloads,
+)
 
 OPERATOR = "my-modelyard-operator"
 MLFLOW = "my-modelyard-mlflow"
@@ -55,7 +65,7 @@ def test_operator(default_objects: list[dict[str, Any]]) -> None:
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     c = container(deployment)
-    assert c["image"] == "modelyard/modelyard:0.1.0"
+    assert c["image"] == "modelyard/operator:0.1.0"
     assert c["imagePullPolicy"] == "IfNotPresent"
     assert c["command"] == ["modelyard", "operator"]
     assert "--liveness=http://0.0.0.0:8080/healthz" in c["args"]
@@ -180,7 +190,7 @@ def test_own_pipelines() -> None:
     assert fraud["spec"]["suspend"] is True
     assert fraud["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"] == 900 + 120
     c = container(fraud)
-    assert c["image"] == "registry.example.com/modelyard/modelyard:0.1.0"
+    assert c["image"] == "registry.example.com/modelyard/toolkit:0.1.0"
     assert c["imagePullPolicy"] == "Always"
     assert env_of(c)["MODELYARD_LAKE"] == "s3://lake-bucket/modelyard"
     assert c["envFrom"] == [{"secretRef": {"name": "pipeline-credentials"}}]

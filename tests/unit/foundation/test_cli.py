@@ -8,7 +8,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from modelyard import __version__
+from modelyard._version import __version__
 from modelyard.cli import app
 
 MODELYARD = Path(sys.executable).parent / "modelyard"

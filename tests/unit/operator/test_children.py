@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from modelyard.core.registry import ModelVersion
 from modelyard.operator import conditions as cond
 from modelyard.operator.children import (
     ServerPlan,
@@ -15,7 +19,6 @@ from modelyard.operator.children import (
     build_server_service,
     deployment_health,
 )
-from modelyard.operator.registry import ResolvedModel
 from modelyard.operator.resource import ModelDeploymentSpec
 
 
@@ -24,7 +27,7 @@ def plan(spec: dict[str, Any], **kw: Any) -> ServerPlan:
         name="churn",
         namespace="ml",
         spec=ModelDeploymentSpec.parse(spec),
-        model=ResolvedModel(name="churn", version=7, run_id="r1", source="mlflow-artifacts:/x"),
+        model=ModelVersion("churn", 7, "r1", "mlflow-artifacts:/x", "READY"),
         tracking_uri="http://mlflow:5000",
         image="modelyard/server:1",
         image_pull_policy="IfNotPresent",
@@ -105,8 +108,27 @@ def test_service_selects_the_server_pods() -> None:
     assert svc["spec"]["ports"][0]["targetPort"] == "http"
 
 
-def test_builders_are_deterministic() -> None:
-    assert build_server_deployment(plan(BASE)) == build_server_deployment(plan(BASE))
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def test_server_children_match_the_reviewed_manifests() -> None:
+    """The whole Deployment and Service, as reviewed in tests/unit/operator/golden/: any
+    change to what the operator applies shows up here and in the review of its diff
+    (MODELYARD_UPDATE_GOLDEN=1 rewrites the files)."""
+    spec = {
+        **BASE,
+        "server": {"replicas": 2, "env": [{"name": "LOG_LEVEL", "value": "debug"}]},
+        "registry": {"credentialsSecretRef": {"name": "mlflow-creds"}},
+    }
+    built = plan(spec, prediction_log="s3://lake/predictions")
+    for name, manifest in (
+        ("server-deployment", build_server_deployment(built)),
+        ("server-service", build_server_service(built)),
+    ):
+        path = GOLDEN / f"{name}.yaml"
+        if os.environ.get("MODELYARD_UPDATE_GOLDEN"):
+            path.write_text(yaml.safe_dump(manifest, sort_keys=False))
+        assert manifest == yaml.safe_load(path.read_text()), f"{path.name} differs"
 
 
 def dep_status(**status: Any) -> dict[str, Any]:

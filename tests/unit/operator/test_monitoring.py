@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
+from modelyard.core.registry import ModelVersion
 from modelyard.operator.children import ServerPlan, build_server_deployment
 from modelyard.operator.monitoring import (
     DriftResult,
@@ -16,8 +16,7 @@ from modelyard.operator.monitoring import (
     drift_cronjob_name,
     retrain_job_name,
 )
-from modelyard.operator.registry import ResolvedModel
-from modelyard.operator.resource import DriftMonitoring, ModelDeploymentSpec, Retrain
+from modelyard.operator.resource import DriftMonitoring, ModelDeploymentSpec, Retrain, SpecError
 
 BASE: dict[str, Any] = {"model": {"name": "churn", "alias": "champion"}}
 
@@ -27,7 +26,7 @@ def plan(spec: dict[str, Any], version: int = 7, **kw: Any) -> ServerPlan:
         name="churn",
         namespace="ml",
         spec=ModelDeploymentSpec.parse(spec),
-        model=ResolvedModel(name="churn", version=version, run_id="r1", source="x"),
+        model=ModelVersion("churn", version, "r1", "x", "READY"),
         tracking_uri="http://mlflow:5000",
         image="modelyard/server:1",
         image_pull_policy="IfNotPresent",
@@ -47,7 +46,7 @@ def cronjob(spec: dict[str, Any], version: int = 7) -> dict[str, Any]:
         p,
         drift,
         prediction_log="s3://lake/predictions",
-        image="modelyard/modelyard:1",
+        image="modelyard/toolkit:1",
         image_pull_policy="IfNotPresent",
     )
 
@@ -58,9 +57,9 @@ def test_spec_defaults_and_validation() -> None:
     assert (drift.schedule, drift.window, drift.thresholds.drift_share) == ("0 * * * *", "24h", 0.5)
     assert drift.retrain is None
     assert ModelDeploymentSpec.parse(BASE).monitoring.drift is None
-    with pytest.raises(ValidationError):
+    with pytest.raises(SpecError, match=r"spec\.monitoring\.drift\.window"):
         ModelDeploymentSpec.parse(drift_spec(window="1 week"))
-    with pytest.raises(ValidationError):
+    with pytest.raises(SpecError, match=r"spec\.monitoring\.drift\.thresholds\.driftShare"):
         ModelDeploymentSpec.parse(drift_spec(thresholds={"driftShare": 1.5}))
 
 
@@ -75,7 +74,7 @@ def test_drift_cronjob_checks_the_live_version_restricted_and_without_a_token() 
     job = cj["spec"]["jobTemplate"]["spec"]
     pod = job["template"]["spec"]
     [container] = pod["containers"]
-    assert container["image"] == "modelyard/modelyard:1"
+    assert container["image"] == "modelyard/toolkit:1"
     assert container["command"] == ["modelyard"]
     args = container["args"]
     assert args[:2] == ["drift", "check"]

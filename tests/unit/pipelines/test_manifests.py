@@ -48,7 +48,7 @@ def test_cronjob_runs_the_pipeline_from_its_configmap() -> None:
     pod = job["template"]["spec"]
     _restricted(pod)
     (container,) = pod["containers"]
-    assert container["image"] == f"modelyard/modelyard:{__version__}"
+    assert container["image"] == f"modelyard/toolkit:{__version__}"
     assert container["command"] + container["args"] == [
         "modelyard",
         "pipeline",

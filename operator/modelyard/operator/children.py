@@ -1,0 +1,259 @@
+"""Pure builders of a ModelDeployment's child objects, and readers of their state.
+
+Nothing here talks to a cluster: the functions take typed inputs and return the
+manifests (plain dicts) the handlers apply, so they are tested without a cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from modelyard.core import contracts as c
+from modelyard.core import pods
+from modelyard.core.registry import ModelVersion
+from modelyard.operator.resource import ModelDeploymentSpec
+
+#: The app.kubernetes.io/name of model server pods.
+SERVER_APP = "modelyard-server"
+DEFAULT_RESOURCES: dict[str, dict[str, int | str]] = {
+    "requests": {"cpu": "100m", "memory": "256Mi"},
+    "limits": {"memory": "1Gi"},
+}
+
+
+@dataclass(frozen=True)
+class ServerPlan:
+    """Everything the child builders need for one ModelDeployment."""
+
+    name: str
+    namespace: str
+    spec: ModelDeploymentSpec
+    model: ModelVersion
+    tracking_uri: str
+    image: str
+    image_pull_policy: str
+    prediction_log: str | None = None
+
+    @property
+    def selector(self) -> dict[str, str]:
+        return {c.LABEL_NAME: SERVER_APP, c.LABEL_INSTANCE: self.name}
+
+    @property
+    def labels(self) -> dict[str, str]:
+        return pods.app_labels(SERVER_APP, self.name, "model-server")
+
+
+def _meta(plan: ServerPlan) -> dict[str, Any]:
+    return {"name": plan.name, "namespace": plan.namespace, "labels": dict(plan.labels)}
+
+
+def server_env(plan: ServerPlan) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": c.ServerEnv.MODEL_URI, "value": plan.model.uri},
+        {"name": c.ServerEnv.MODEL_NAME, "value": plan.model.name},
+        {"name": c.ServerEnv.MODEL_VERSION, "value": str(plan.model.version)},
+        {"name": c.TRACKING_URI_ENV, "value": plan.tracking_uri},
+        # Writable home on a read-only root filesystem.
+        {"name": "BENTOML_HOME", "value": "/tmp/bentoml"},
+        {"name": "HOME", "value": "/tmp"},
+    ]
+    if plan.prediction_log:
+        env.append({"name": c.ServerEnv.PREDICTION_LOG, "value": plan.prediction_log})
+    secret = plan.spec.registry.credentials_secret_ref
+    if secret is not None:
+        env.extend(pods.credential_env(secret.name))
+    env.extend({"name": e.name, "value": e.value} for e in plan.spec.server.env)
+    return env
+
+
+def build_server_deployment(plan: ServerPlan) -> dict[str, Any]:
+    server = plan.spec.server
+    resources = server.resources or DEFAULT_RESOURCES
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": dict(plan.selector)},
+        "revisionHistoryLimit": 5,
+        "progressDeadlineSeconds": 600,
+        # Never fewer serving pods than asked for while a new version rolls out.
+        "strategy": {
+            "type": "RollingUpdate",
+            "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+        },
+        "template": {
+            "metadata": {
+                "labels": dict(plan.labels),
+                "annotations": {
+                    c.ANNOTATION_MODEL_URI: plan.model.uri,
+                    c.ANNOTATION_MODEL_VERSION: str(plan.model.version),
+                },
+            },
+            "spec": {
+                "automountServiceAccountToken": False,
+                "enableServiceLinks": False,
+                "securityContext": pods.restricted_pod_security_context(),
+                "terminationGracePeriodSeconds": 30,
+                "containers": [
+                    {
+                        "name": "server",
+                        "image": plan.image,
+                        "imagePullPolicy": plan.image_pull_policy,
+                        "ports": [
+                            {"name": "http", "containerPort": c.SERVER_PORT, "protocol": "TCP"}
+                        ],
+                        "env": server_env(plan),
+                        "resources": {k: dict(v) for k, v in resources.items()},
+                        # Loading a model can take a while; liveness waits for it.
+                        "startupProbe": {
+                            "httpGet": {"path": c.LIVENESS_PATH, "port": "http"},
+                            "periodSeconds": 2,
+                            "failureThreshold": 150,
+                        },
+                        "livenessProbe": {
+                            "httpGet": {"path": c.LIVENESS_PATH, "port": "http"},
+                            "periodSeconds": 10,
+                            "failureThreshold": 3,
+                        },
+                        # /readyz answers 200 only once the model is loaded.
+                        "readinessProbe": {
+                            "httpGet": {"path": c.READINESS_PATH, "port": "http"},
+                            "periodSeconds": 2,
+                            "failureThreshold": 2,
+                        },
+                        # Endpoints are removed asynchronously: keep answering while
+                        # kube-proxy and the load balancers stop sending traffic here.
+                        "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
+                        "securityContext": pods.restricted_container_security_context(),
+                        "volumeMounts": [pods.tmp_mount()],
+                    }
+                ],
+                "volumes": [pods.tmp_volume("4Gi")],
+            },
+        },
+    }
+    if server.autoscaling is None:
+        # With autoscaling the HPA owns the count: leaving the field out of our
+        # server-side apply keeps us from fighting it.
+        spec["replicas"] = server.desired_replicas
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _meta(plan), "spec": spec}
+
+
+def build_server_service(plan: ServerPlan) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(plan),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": dict(plan.selector),
+            "ports": [
+                {"name": "http", "port": c.SERVICE_PORT, "targetPort": "http", "protocol": "TCP"}
+            ],
+        },
+    }
+
+
+def build_server_hpa(plan: ServerPlan) -> dict[str, Any] | None:
+    autoscaling = plan.spec.server.autoscaling
+    if autoscaling is None:
+        return None
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _meta(plan),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": plan.name},
+            "minReplicas": autoscaling.min_replicas,
+            "maxReplicas": autoscaling.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {
+                        "name": "cpu",
+                        "target": {
+                            "type": "Utilization",
+                            "averageUtilization": autoscaling.target_cpu_utilization_percentage,
+                        },
+                    },
+                }
+            ],
+        },
+    }
+
+
+def build_server_pdb(plan: ServerPlan) -> dict[str, Any] | None:
+    """A PodDisruptionBudget once there is more than one pod to keep."""
+    server = plan.spec.server
+    most = server.autoscaling.max_replicas if server.autoscaling else server.desired_replicas
+    if most <= 1:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(plan),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": dict(plan.selector)}},
+    }
+
+
+def server_url(name: str, namespace: str, cluster_domain: str) -> str:
+    return f"http://{name}.{namespace}.svc.{cluster_domain}"
+
+
+@dataclass(frozen=True)
+class ServerHealth:
+    """What the server Deployment's status says, as conditions will say it."""
+
+    ready: bool
+    progressing: bool
+    degraded: bool
+    reason: str
+    message: str
+
+
+def deployment_health(deployment: dict[str, Any] | None) -> ServerHealth:
+    """Read a server Deployment's status; level-based, no history needed."""
+    if deployment is None:
+        return ServerHealth(
+            False, True, False, "Creating", "the server Deployment is being created"
+        )
+    meta = deployment.get("metadata") or {}
+    spec = deployment.get("spec") or {}
+    status = deployment.get("status") or {}
+    want = int(spec.get("replicas", 1) if spec.get("replicas") is not None else 1)
+    observed = int(status.get("observedGeneration") or 0)
+    updated = int(status.get("updatedReplicas") or 0)
+    available = int(status.get("availableReplicas") or 0)
+    total = int(status.get("replicas") or 0)
+    conds = {c.get("type"): c for c in status.get("conditions") or []}
+    progress = conds.get("Progressing") or {}
+    if progress.get("reason") == "ProgressDeadlineExceeded":
+        return ServerHealth(
+            ready=available >= want and want > 0 and updated >= want,
+            progressing=False,
+            degraded=True,
+            reason="ProgressDeadlineExceeded",
+            message="the new server pods did not become ready in time: "
+            + str(progress.get("message", "")),
+        )
+    if observed < int(meta.get("generation") or 0):
+        return ServerHealth(
+            False, True, False, "RollingOut", "the server Deployment is being updated"
+        )
+    if want == 0:
+        return ServerHealth(False, False, False, "ScaledToZero", "spec.server.replicas is 0")
+    if updated < want or total > updated:
+        return ServerHealth(
+            ready=False,
+            progressing=True,
+            degraded=False,
+            reason="RollingOut",
+            message=f"{updated}/{want} server pods run the new version",
+        )
+    if available < want:
+        return ServerHealth(
+            ready=False,
+            progressing=True,
+            degraded=False,
+            reason="PodsNotReady",
+            message=f"{available}/{want} server pods are ready",
+        )
+    return ServerHealth(True, False, False, "Serving", f"{available}/{want} server pods are ready")

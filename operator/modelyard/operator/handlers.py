@@ -1,0 +1,199 @@
+"""Kopf handlers: thin, typed, and all ending in the work queue.
+
+Kopf watches the ModelDeployments and their children and puts what it sees in the
+operator's watch cache; a ModelDeployment whose spec changed, or whose server Deployment
+did, is queued; worker threads reconcile queued keys (:mod:`modelyard.operator.reconcile`).
+One scheduler re-resolves registry references for all of them
+(:mod:`modelyard.operator.scheduler`). Everything is created at start-up and kept in
+kopf's ``memo``.
+
+Run with ``modelyard operator``, or in tests with
+``kopf.testing.KopfRunner(["run", "-m", "modelyard.operator.handlers", ...])``.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+from kubernetes import client, config
+
+from modelyard.core import contracts as c
+from modelyard.operator.events import post_event
+from modelyard.operator.reconcile import Key, Operator, release, run_reconcile
+from modelyard.operator.resource import GROUP, KIND, PLURAL, VERSION
+from modelyard.operator.scheduler import Scheduler
+from modelyard.operator.settings import OperatorSettings
+from modelyard.operator.workqueue import WorkQueue
+
+MANAGED_BY = {c.LABEL_MANAGED_BY: c.MANAGED_BY}
+#: A restarted operator waits this long before reconciling what it found, so that the
+#: children's first listings are in the watch cache by then (and need no apply).
+RESUME_DELAY = 3.0
+#: Attempts at removing a deleted ModelDeployment's registry tag before letting it go.
+DELETE_ATTEMPTS = 3
+
+
+def _kube_api_client() -> client.ApiClient:
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        # The client reads $KUBECONFIG once, at import; read it now.
+        config.load_kube_config(config_file=os.environ.get("KUBECONFIG"))
+    return client.ApiClient()
+
+
+@kopf.on.login()
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In a pod, the service account; elsewhere, $KUBECONFIG (read now, not at import)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup()
+def configure(
+    *, settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    # Our own names for what kopf keeps on the objects.
+    settings.persistence.finalizer = f"{GROUP}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=GROUP, key="last-handled-configuration"
+    )
+    # Silent watch streams are a known kopf failure: reconnect regularly.
+    settings.watching.server_timeout = 120
+    settings.watching.client_timeout = 150
+    settings.watching.connect_timeout = 30
+    settings.posting.level = logging.WARNING
+    ours = OperatorSettings.from_env()
+    api_client = _kube_api_client()
+    op = Operator(
+        settings=ours, api_client=api_client, post_event=functools.partial(post_event, api_client)
+    )
+    queue: WorkQueue[Key] = WorkQueue(
+        lambda key: run_reconcile(op, key),
+        workers=ours.reconcile_workers,
+        on_error=lambda key, error: logger.error("reconcile of %s/%s failed: %s", *key, error),
+    )
+    scheduler = Scheduler(
+        op, queue.add, interval=ours.resolve_interval, parallelism=ours.reconcile_workers
+    )
+    memo.operator, memo.queue, memo.scheduler = op, queue, scheduler
+    op.metrics.queue_depth.set_function(lambda: len(queue))
+    queue.start()
+    scheduler.start()
+    if ours.metrics_port:
+        port = op.metrics.serve(ours.metrics_port)
+        logger.info("metrics at http://0.0.0.0:%d/metrics", port)
+    logger.info(
+        "modelyard operator: resolve interval %ss, %d workers, default registry %s, "
+        "server image %s",
+        ours.resolve_interval,
+        ours.reconcile_workers,
+        ours.default_tracking_uri or "(none)",
+        ours.server_image,
+    )
+
+
+@kopf.on.cleanup()
+def shut_down(*, memo: kopf.Memo, **_: Any) -> None:
+    memo.scheduler.stop()
+    memo.queue.stop()
+    memo.operator.close()
+
+
+def _key(body: Mapping[str, Any]) -> Key:
+    meta = body.get("metadata") or {}
+    return (str(meta.get("namespace") or ""), str(meta.get("name")))
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def on_model_deployment(
+    *, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    """Keep the cache; queue the resource when its spec is new to the operator."""
+    op: Operator = memo.operator
+    key = _key(body)
+    if event.get("type") == "DELETED":
+        op.store.remove(KIND, *key)
+        return
+    op.store.put(KIND, dict(body))
+    if body.get("metadata", {}).get("deletionTimestamp"):
+        return
+    if event.get("type") is None:  # the listing when the operator starts: resume
+        memo.queue.add_after(key, RESUME_DELAY)
+        return
+    status = body.get("status") or {}
+    generation = body.get("metadata", {}).get("generation")
+    if status.get("observedGeneration") != generation or not status.get("conditions"):
+        memo.queue.add(key)
+
+
+def _owner_key(body: Mapping[str, Any]) -> Key | None:
+    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("kind") == KIND and str(ref.get("apiVersion", "")).startswith(f"{GROUP}/"):
+            return (str(body.get("metadata", {}).get("namespace") or ""), str(ref["name"]))
+    return None
+
+
+def _on_child(kind: str, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo) -> None:
+    op: Operator = memo.operator
+    key = _key(body)
+    if event.get("type") == "DELETED":
+        op.store.remove(kind, *key)
+    else:
+        op.store.put(kind, dict(body))
+    owner = _owner_key(body)
+    # The server Deployment's progress moves Ready/Progressing; a deleted child comes back.
+    if owner is not None and (kind == "Deployment" or event.get("type") == "DELETED"):
+        memo.queue.add(owner)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels=MANAGED_BY)
+def on_deployment(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _on_child("Deployment", event, body, memo)
+
+
+@kopf.on.event("v1", "services", labels=MANAGED_BY)
+def on_service(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _on_child("Service", event, body, memo)
+
+
+@kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=MANAGED_BY)
+def on_hpa(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _on_child("HorizontalPodAutoscaler", event, body, memo)
+
+
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED_BY)
+def on_pdb(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _on_child("PodDisruptionBudget", event, body, memo)
+
+
+@kopf.on.event("batch", "v1", "cronjobs", labels=MANAGED_BY)
+def on_cronjob(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    _on_child("CronJob", event, body, memo)
+
+
+@kopf.on.delete(GROUP, VERSION, PLURAL)
+def on_delete(
+    *, body: kopf.Body, retry: int, memo: kopf.Memo, logger: kopf.Logger, **_: Any
+) -> None:
+    """Remove the registry tag; the children go with their owner references. Whatever
+    fails, the deletion is never held up for more than a few attempts."""
+    op: Operator = memo.operator
+    try:
+        release(op, dict(body))
+    except Exception as error:
+        if retry + 1 < DELETE_ATTEMPTS:
+            raise kopf.TemporaryError(
+                f"could not remove the registry tag: {error}", delay=5
+            ) from error
+        message = (
+            f"gave up removing the registry tag after {DELETE_ATTEMPTS} attempts ({error}); "
+            "the deletion goes on"
+        )
+        logger.warning(message)
+        op.event(dict(body), "Warning", "RegistryTagLeft", message)

@@ -1,0 +1,414 @@
+"""The reconciliation of one ModelDeployment, in four phases, safe to repeat:
+
+1. **resolve** (:mod:`~modelyard.operator.resolve`): what the reference points to now;
+2. **plan** (:mod:`~modelyard.operator.plan`, pure): children, status, Events, tags;
+3. **apply**: the children (skipped when unchanged), the registry tags, a retraining Job;
+4. **observe**: the server Deployment's health into Ready/Progressing/Degraded, and the
+   status written only if it changed.
+
+Everything a process shares (clients, settings, the watch cache, the resolver) lives in
+one :class:`Operator`, created at start-up and kept in kopf's memo, never in a module.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, cast
+
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+
+from modelyard.core.contracts import deployed_tag_key
+from modelyard.core.registry import RegistryError
+from modelyard.operator import conditions as cond
+from modelyard.operator.children import deployment_health
+from modelyard.operator.kube import ApplyFailed, ChildConflict, Kube
+from modelyard.operator.metrics import OperatorMetrics
+from modelyard.operator.monitoring import build_retrain_job
+from modelyard.operator.plan import Plan, plan_failure, plan_reconcile
+from modelyard.operator.resolve import (
+    Failure,
+    Registries,
+    Resolver,
+    registry_target,
+    resolve_model,
+)
+from modelyard.operator.resource import (
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    ModelDeploymentSpec,
+    SpecError,
+)
+from modelyard.operator.settings import OperatorSettings
+from modelyard.operator.store import ObjectStore
+
+logger = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+#: Posts an Event about an object: (body, type, reason, message).
+EventPoster = Callable[[Mapping[str, Any], str, str, str], None]
+#: How long a failed resolve waits before the next try, by reason (doubling each time).
+RETRY_AFTER = {"RegistryUnavailable": 30.0}
+DEFAULT_RETRY_AFTER = 15.0
+#: Children are applied even when unchanged this often, to undo hand edits.
+RESYNC_SECONDS = 600.0
+
+
+@dataclass
+class Operator:
+    """What one operator process shares between its handlers and worker threads."""
+
+    settings: OperatorSettings
+    api_client: client.ApiClient
+    post_event: EventPoster
+    store: ObjectStore = field(default_factory=ObjectStore)
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
+    registries: Registries | None = None
+    resolver: Resolver | None = None
+    kube: Kube | None = None
+    #: When the children were last applied regardless of their hash, by owner uid; the
+    #: first such resync is a resync period after the start.
+    _last_resync: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    _failures: dict[Key, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.registries is None:
+            self.registries = Registries(
+                self.api_client,
+                timeout=self.settings.registry_timeout,
+                api_timeout=self.settings.api_timeout,
+            )
+        if self.resolver is None:
+            self.resolver = Resolver(
+                self.registries, self.settings.resolve_interval, metrics=self.metrics
+            )
+        if self.kube is None:
+            self.kube = Kube(
+                self.api_client, self.store, self.settings.api_timeout, metrics=self.metrics
+            )
+        self.custom = client.CustomObjectsApi(self.api_client)
+
+    # ------------------------------------------------------------------ the resource
+    def read(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The ModelDeployment as the watch last delivered it, else from the API."""
+        found = self.store.get(KIND, namespace, name)
+        if found is not None:
+            return found
+        try:
+            obj = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=self.settings.api_timeout
+            )
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+        body: dict[str, Any] = dict(cast(Mapping[str, Any], obj))
+        self.store.put(KIND, body)
+        return body
+
+    def write_status(self, body: Mapping[str, Any], status: dict[str, Any]) -> None:
+        """Merge-patch ``status`` when it differs from what the object shows."""
+        if _same(body.get("status") or {}, status):
+            return
+        meta = body["metadata"]
+        self.metrics.api_writes.labels("status").inc()
+        written = self.custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            meta["namespace"],
+            PLURAL,
+            meta["name"],
+            {"status": status},
+            _request_timeout=self.settings.api_timeout,
+        )
+        self.store.put(KIND, dict(cast(Mapping[str, Any], written)))
+
+    def retry_after(self, key: Key, failure: Failure) -> float | None:
+        """Seconds until a failed ModelDeployment is tried again: doubling per failure."""
+        if failure.permanent:
+            return None
+        count = self._failures.get(key, 0)
+        self._failures[key] = count + 1
+        base = RETRY_AFTER.get(failure.reason, DEFAULT_RETRY_AFTER)
+        return float(min(300.0, base * 2 ** min(count, 5)))
+
+    def succeeded(self, key: Key) -> None:
+        self._failures.pop(key, None)
+
+    def event(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
+        self.metrics.api_writes.labels("event").inc()
+        self.post_event(body, type_, reason, message)
+
+    def close(self) -> None:
+        assert self.registries is not None
+        self.registries.close()
+        self.metrics.close()
+
+
+def _same(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """Would merge-patching ``wanted`` leave ``current`` as it is?"""
+    for key, value in wanted.items():
+        if value is None:
+            if current.get(key) is not None:
+                return False
+        elif isinstance(value, Mapping) and isinstance(current.get(key), Mapping):
+            if not _same(current[key], value):
+                return False
+        elif current.get(key) != value:
+            return False
+    return True
+
+
+def run_reconcile(op: Operator, key: Key) -> float | None:
+    """:func:`reconcile`, counted and timed by outcome."""
+    started = time.monotonic()
+    outcome = "error"
+    try:
+        again = reconcile(op, key)
+        outcome = "ok" if again is None else "retry"
+        return again
+    finally:
+        op.metrics.reconciles.labels(outcome).inc()
+        op.metrics.reconcile_seconds.labels(outcome).observe(time.monotonic() - started)
+
+
+def reconcile(op: Operator, key: Key) -> float | None:
+    """Bring one ModelDeployment's children and status in line with its spec and the
+    registry. Returns seconds until it should be looked at again, or None."""
+    namespace, name = key
+    body = op.read(namespace, name)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        op.succeeded(key)
+        return None
+    generation = int(body["metadata"].get("generation") or 0)
+    try:
+        spec = ModelDeploymentSpec.parse(body.get("spec") or {})
+    except SpecError as error:
+        failure = Failure("InvalidSpec", str(error), permanent=True)
+        plan = plan_failure(body, failure, None)
+        plan.status["conditions"] = cond.set_condition(
+            plan.status["conditions"],
+            cond.READY,
+            False,
+            failure.reason,
+            failure.message,
+            generation,
+        )
+        op.write_status(body, plan.status)
+        logger.warning("%s/%s: %s", namespace, name, error)
+        return None
+
+    assert op.resolver is not None
+    live = dict((body.get("status") or {}).get("model") or {})
+    resolution = resolve_model(op.resolver, spec, namespace, live, op.settings.default_tracking_uri)
+    plan = plan_reconcile(body, spec, resolution, op.settings)
+    if plan.failure is not None:
+        op.write_status(body, plan.status)
+        logger.info("%s/%s: %s: %s", namespace, name, plan.failure.reason, plan.failure.message)
+        return op.retry_after(key, plan.failure)
+
+    applied = apply_plan(op, body, plan)
+    if isinstance(applied, Failure):
+        status = dict(plan.status)
+        status["conditions"] = cond.set_condition(
+            status["conditions"], cond.READY, False, applied.reason, applied.message, generation
+        )
+        # What is live did not change: keep the old status.model and history.
+        old = body.get("status") or {}
+        for kept in ("model", "history"):
+            status[kept] = old.get(kept)
+        said = cond.get_condition((body.get("status") or {}).get("conditions") or [], cond.READY)
+        if not said or said.get("message") != applied.message:
+            op.event(body, "Warning", applied.reason, applied.message)
+        op.write_status(body, status)
+        return op.retry_after(key, applied)
+
+    status = observe(plan.status, applied, generation)
+    op.write_status(body, status)
+    for event in plan.events:
+        op.event(body, event.type, event.reason, event.message)
+    op.succeeded(key)
+    return plan.requeue_after
+
+
+def apply_plan(op: Operator, body: dict[str, Any], plan: Plan) -> dict[str, Any] | None | Failure:
+    """Apply the plan's children, tags and Job; the server Deployment as applied, or the
+    failure that stopped it."""
+    assert op.kube is not None
+    meta = body["metadata"]
+    uid, namespace, name = str(meta["uid"]), meta["namespace"], meta["name"]
+    now = time.monotonic()
+    force = now - op._last_resync.get(uid, op.started) > RESYNC_SECONDS
+    deployment: dict[str, Any] | None = None
+    try:
+        for manifest in plan.apply:
+            applied = op.kube.apply_owned(manifest, body, force=force)
+            if manifest["kind"] == "Deployment" and manifest["metadata"]["name"] == name:
+                deployment = applied
+        for ref in plan.delete:
+            op.kube.delete_owned(ref.api_version, ref.kind, ref.name, namespace, uid)
+    except ChildConflict as error:
+        return Failure("ChildConflict", str(error))
+    except ApplyFailed as error:
+        return Failure("ApplyFailed", str(error))
+    if force:
+        op._last_resync[uid] = now
+    _write_tags(op, body, plan)
+    if plan.retrain is not None:
+        _start_retrain(op, body, plan)
+    return deployment
+
+
+def _write_tags(op: Operator, body: Mapping[str, Any], plan: Plan) -> None:
+    """A failure is logged: the tags are compared again on the next pass."""
+    if not plan.tags:
+        return
+    assert op.registries is not None
+    spec = ModelDeploymentSpec.parse(body.get("spec") or {})
+    target = registry_target(spec, body["metadata"]["namespace"], op.settings.default_tracking_uri)
+    if isinstance(target, Failure):
+        return
+    try:
+        registry = op.registries.client(target)
+        for change in plan.tags:
+            if change.value is None:
+                registry.delete_version_tag_if_present(change.model, change.version, change.key)
+            else:
+                registry.set_version_tag(change.model, change.version, change.key, change.value)
+    except RegistryError as error:
+        logger.warning(
+            "%s/%s: could not update the registry tags: %s",
+            body["metadata"]["namespace"],
+            body["metadata"]["name"],
+            error,
+        )
+        return
+    assert op.resolver is not None
+    # The next resolve must see the tags as written.
+    op.resolver.forget(plan.tags[0].model)
+
+
+def _start_retrain(op: Operator, body: dict[str, Any], plan: Plan) -> None:
+    assert op.kube is not None and plan.retrain is not None
+    intent = plan.retrain
+    meta = body["metadata"]
+    namespace, name = meta["namespace"], meta["name"]
+    drift = plan.status.get("drift") or {}
+    conditions = plan.status["conditions"]
+    said = cond.get_condition((body.get("status") or {}).get("conditions") or [], cond.DATA_DRIFT)
+    data_drift = dict(cond.get_condition(conditions, cond.DATA_DRIFT) or {})
+    try:
+        cronjob = op.kube.get("batch/v1", "CronJob", intent.cron_job_name, namespace)
+        if cronjob is None:
+            # Looked for again until it exists (the pipeline may be installed later).
+            plan.requeue_after = op.settings.resolve_interval
+            missing = f"; retraining CronJob {namespace}/{intent.cron_job_name} not found"
+            data_drift["message"] = str(data_drift.get("message", "")) + missing
+            if missing not in str((said or {}).get("message", "")):  # one Event, not one a pass
+                op.event(
+                    body,
+                    "Warning",
+                    "RetrainNotStarted",
+                    f"drift found but CronJob {intent.cron_job_name} "
+                    "(spec.monitoring.drift.retrain) does not exist",
+                )
+        else:
+            job = build_retrain_job(cronjob, intent.job_name, name, intent.drift_run_id)
+            created = op.kube.create(job)
+            drift["retrainJob"] = intent.job_name
+            data_drift["message"] = (
+                str(data_drift.get("message", "")) + f"; retraining Job {intent.job_name}"
+            )
+            if created:
+                op.event(
+                    body,
+                    "Normal",
+                    "Retraining",
+                    f"drift in version {intent.version}: started Job {intent.job_name} from "
+                    f"CronJob {intent.cron_job_name}",
+                )
+                logger.info("%s/%s: drift, started Job %s", namespace, name, intent.job_name)
+    except ApiException as error:
+        logger.warning("%s/%s: could not start the retraining Job: %s", namespace, name, error)
+        return
+    plan.status["drift"] = drift
+    plan.status["conditions"] = [
+        data_drift if x.get("type") == cond.DATA_DRIFT else x for x in conditions
+    ]
+
+
+def observe(
+    status: dict[str, Any], deployment: dict[str, Any] | None, generation: int
+) -> dict[str, Any]:
+    """``status`` with Ready, Progressing and Degraded as the server Deployment shows."""
+    health = deployment_health(deployment)
+    conditions = cond.set_condition(
+        status.get("conditions") or [],
+        cond.READY,
+        health.ready,
+        health.reason,
+        health.message,
+        generation,
+    )
+    conditions = cond.set_condition(
+        conditions,
+        cond.PROGRESSING,
+        health.progressing,
+        health.reason if health.progressing else "Stable",
+        health.message if health.progressing else "no rollout in progress",
+        generation,
+    )
+    conditions = cond.set_condition(
+        conditions,
+        cond.DEGRADED,
+        health.degraded,
+        health.reason if health.degraded else "AsExpected",
+        health.message if health.degraded else "the server is running as specified",
+        generation,
+    )
+    return {**status, "conditions": conditions}
+
+
+def refresh_health(op: Operator, key: Key, deployment: dict[str, Any]) -> None:
+    """The server Deployment changed: Ready/Progressing/Degraded follow it at once,
+    without asking the registry."""
+    body = op.read(*key)
+    if body is None or body["metadata"].get("deletionTimestamp"):
+        return
+    status = dict(body.get("status") or {})
+    if not status.get("model"):
+        return  # Nothing rolled out yet; reconcile writes the first status.
+    generation = int(status.get("observedGeneration") or 0)
+    old = status.get("conditions") or []
+    new = observe({"conditions": old}, deployment, generation)["conditions"]
+    if new != old:
+        op.write_status(body, {"conditions": new})
+        ready = cond.get_condition(new, cond.READY) or {}
+        was = cond.get_condition(old, cond.READY) or {}
+        if ready.get("status") == "True" and was.get("status") != "True":
+            version = (status.get("model") or {}).get("version")
+            op.event(body, "Normal", "Ready", f"version {version} is serving")
+
+
+def release(op: Operator, body: Mapping[str, Any]) -> None:
+    """On deletion: remove the registry tag of the served version. The children go with
+    their owner references. Raises what kept it from removing the tag."""
+    live = (body.get("status") or {}).get("model") or {}
+    meta = body["metadata"]
+    op._last_resync.pop(str(meta.get("uid")), None)
+    if not (live.get("name") and live.get("version")):
+        return
+    spec = ModelDeploymentSpec.parse(body.get("spec") or {})
+    target = registry_target(spec, meta["namespace"], op.settings.default_tracking_uri)
+    if isinstance(target, Failure):
+        raise SpecError(target.message)
+    assert op.registries is not None
+    op.registries.client(target).delete_version_tag_if_present(
+        str(live["name"]), int(live["version"]), deployed_tag_key(meta["namespace"], meta["name"])
+    )

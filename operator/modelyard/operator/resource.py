@@ -1,0 +1,148 @@
+"""The ModelDeployment spec as typed models, parsed once at the edge.
+
+They mirror ``manifests/crds/modeldeployments.modelyard.io.yaml``; the API server has
+already enforced the schema and the CEL rules, so parsing here only fails for objects
+written before the CRD was installed or with validation turned off.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from modelyard.core.contracts import WINDOW_PATTERN
+from modelyard.core.registry import ModelReference
+
+GROUP = "modelyard.io"
+VERSION = "v1alpha1"
+PLURAL = "modeldeployments"
+KIND = "ModelDeployment"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
+
+
+class ModelRef(_Model):
+    """A registered model plus exactly one of version, alias or stage."""
+
+    name: str = Field(min_length=1)
+    version: int | None = Field(default=None, ge=1)
+    alias: str | None = None
+    stage: Literal["Staging", "Production", "Archived"] | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one_reference(self) -> ModelRef:
+        try:
+            self.to_reference()
+        except ValueError:
+            raise ValueError("spec.model must set exactly one of version, alias or stage") from None
+        return self
+
+    @property
+    def label(self) -> str:
+        """How ``kubectl get md`` shows the reference: ``alias:champion``."""
+        return self.to_reference().label
+
+    @property
+    def is_floating(self) -> bool:
+        return self.to_reference().is_floating
+
+    def to_reference(self) -> ModelReference:
+        return ModelReference(self.name, self.version, self.alias, self.stage)
+
+
+class SecretRef(_Model):
+    name: str
+
+
+class Registry(_Model):
+    tracking_uri: str | None = Field(default=None, alias="trackingUri")
+    credentials_secret_ref: SecretRef | None = Field(default=None, alias="credentialsSecretRef")
+
+
+class Autoscaling(_Model):
+    min_replicas: int = Field(default=1, ge=1, alias="minReplicas")
+    max_replicas: int = Field(ge=1, alias="maxReplicas")
+    target_cpu_utilization_percentage: int = Field(
+        default=70, ge=1, le=100, alias="targetCPUUtilizationPercentage"
+    )
+
+
+class EnvVar(_Model):
+    name: str
+    value: str = ""
+
+
+class Server(_Model):
+    image: str | None = None
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None, alias="imagePullPolicy"
+    )
+    replicas: int | None = Field(default=None, ge=0)
+    resources: dict[str, dict[str, int | str]] = Field(default_factory=dict)
+    autoscaling: Autoscaling | None = None
+    env: tuple[EnvVar, ...] = ()
+
+    @property
+    def desired_replicas(self) -> int:
+        """Replicas for the Deployment when no HPA owns the count."""
+        if self.autoscaling is not None:
+            return self.autoscaling.min_replicas
+        return 1 if self.replicas is None else self.replicas
+
+
+class Rollout(_Model):
+    strategy: Literal["RollingUpdate"] = "RollingUpdate"
+
+
+class DriftThresholds(_Model):
+    # Evidently's dataset drift: at least this share of the feature columns drifted.
+    drift_share: float = Field(default=0.5, ge=0.0, le=1.0, alias="driftShare")
+
+
+class Retrain(_Model):
+    """The training pipeline to run when drift is found: a CronJob in the namespace."""
+
+    cron_job_name: str = Field(min_length=1, max_length=52, alias="cronJobName")
+
+
+class DriftMonitoring(_Model):
+    schedule: str = Field(default="0 * * * *", min_length=1)
+    window: str = Field(default="24h", pattern=WINDOW_PATTERN)
+    thresholds: DriftThresholds = Field(default_factory=DriftThresholds)
+    prediction_log: str | None = Field(default=None, alias="predictionLog")
+    retrain: Retrain | None = None
+
+
+class Monitoring(_Model):
+    # Where the server logs its predictions; default: the operator's MODELYARD_PREDICTION_LOG.
+    prediction_log: str | None = Field(default=None, alias="predictionLog")
+    drift: DriftMonitoring | None = None
+
+
+class ModelDeploymentSpec(_Model):
+    model: ModelRef
+    registry: Registry = Field(default_factory=Registry)
+    server: Server = Field(default_factory=Server)
+    rollout: Rollout = Field(default_factory=Rollout)
+    monitoring: Monitoring = Field(default_factory=Monitoring)
+
+    @classmethod
+    def parse(cls, spec: Any) -> ModelDeploymentSpec:
+        """Raises :class:`SpecError` naming the fields to fix."""
+        from pydantic import ValidationError
+
+        try:
+            return cls.model_validate(dict(spec))
+        except ValidationError as error:
+            problems = "; ".join(
+                f"spec.{'.'.join(str(part) for part in e['loc'])}: {e['msg']}"
+                for e in error.errors()
+            )
+            raise SpecError(f"the spec cannot be used: {problems}") from None
+
+
+class SpecError(ValueError):
+    """The spec does not parse (written before the CRD, or with validation off)."""

@@ -1,0 +1,143 @@
+"""One scheduler for all ModelDeployments, instead of a timer per resource.
+
+Every resolve interval it asks the registry once per distinct reference that can move
+(an alias or a stage; and a pinned version whose deployment watches drift, since the
+drift check reports through the version's tags), shared by every ModelDeployment that
+follows it, and queues only the ModelDeployments whose answer changed. An unchanged
+registry costs one read per distinct reference and nothing else: no Kubernetes request,
+no registry write.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import defaultdict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from modelyard.core.registry import ModelReference, ModelVersion, RegistryError
+from modelyard.operator.reconcile import Key, Operator
+from modelyard.operator.resolve import Outcome, RegistryTarget, registry_target
+from modelyard.operator.resource import KIND, ModelDeploymentSpec, SpecError
+
+logger = logging.getLogger(__name__)
+
+Group = tuple[RegistryTarget, ModelReference]
+
+
+def fingerprint(outcome: Outcome | None) -> tuple[Any, ...] | None:
+    """What about an answer matters to a ModelDeployment."""
+    if outcome is None:
+        return None
+    if isinstance(outcome, RegistryError):
+        return ("error", outcome.reason, str(outcome))
+    assert isinstance(outcome, ModelVersion)
+    return (
+        "version",
+        outcome.name,
+        outcome.version,
+        outcome.run_id,
+        outcome.status,
+        tuple(sorted(outcome.tags.items())),
+    )
+
+
+def followed_references(op: Operator) -> dict[Group, list[Key]]:
+    """The references worth asking about again, and who follows each."""
+    groups: dict[Group, list[Key]] = defaultdict(list)
+    for namespace, name in op.store.keys(KIND):
+        body = op.store.get(KIND, namespace, name)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            continue
+        try:
+            spec = ModelDeploymentSpec.parse(body.get("spec") or {})
+        except SpecError:
+            continue
+        ref = spec.model.to_reference()
+        if not ref.is_floating and spec.monitoring.drift is None:
+            continue  # a pinned version never moves
+        target = registry_target(spec, namespace, op.settings.default_tracking_uri)
+        if isinstance(target, RegistryTarget):
+            groups[(target, ref)].append((namespace, name))
+    return groups
+
+
+def condition_counts(op: Operator) -> dict[tuple[str, str], int]:
+    """How many ModelDeployments have each (condition type, status)."""
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    for namespace, name in op.store.keys(KIND):
+        body = op.store.get(KIND, namespace, name) or {}
+        for condition in (body.get("status") or {}).get("conditions") or []:
+            counts[(str(condition.get("type")), str(condition.get("status")))] += 1
+    return counts
+
+
+class Scheduler:
+    """Re-resolves followed references every ``interval`` seconds on its own thread."""
+
+    def __init__(
+        self,
+        op: Operator,
+        enqueue: Callable[[Key], None],
+        *,
+        interval: float,
+        parallelism: int = 4,
+    ) -> None:
+        self.op = op
+        self.enqueue = enqueue
+        self.interval = interval
+        self.parallelism = parallelism
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.ticks = 0
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.tick()
+            except Exception:  # the scheduler must outlive any one bad pass
+                logger.exception("scheduler pass failed")
+
+    def _count_conditions(self) -> None:
+        gauge = self.op.metrics.resources
+        counts = condition_counts(self.op)
+        for type_ in ("Ready", "Progressing", "Degraded", "ModelResolved", "DataDrift"):
+            for status in ("True", "False", "Unknown"):
+                gauge.labels(type_, status).set(counts.get((type_, status), 0))
+
+    def tick(self) -> int:
+        """One pass; returns how many ModelDeployments were queued."""
+        assert self.op.resolver is not None
+        resolver = self.op.resolver
+        groups = followed_references(self.op)
+
+        def refresh(group: Group) -> tuple[Group, bool]:
+            target, ref = group
+            before = fingerprint(resolver.cached(target, ref))
+            after = fingerprint(resolver.resolve(target, ref, max_age=0))
+            return group, before != after
+
+        queued = 0
+        with ThreadPoolExecutor(max_workers=self.parallelism) as pool:
+            for group, changed in pool.map(refresh, list(groups)):
+                if changed:
+                    for key in groups[group]:
+                        self.enqueue(key)
+                        queued += 1
+        self.ticks += 1
+        self.op.metrics.scheduler_passes.inc()
+        self._count_conditions()
+        if queued:
+            logger.info("registry changes: %d ModelDeployment(s) to reconcile", queued)
+        return queued

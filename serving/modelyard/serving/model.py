@@ -1,0 +1,131 @@
+"""Loading the served model from MLflow and calling it on a batch of validated columns."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from modelyard.core import contracts as c
+from modelyard.core.registry import Credentials, ModelReference, Registry, open_registry
+from modelyard.serving.payload import Array, InputSchema
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    name: str
+    version: str
+
+
+def identify_model_uri(uri: str) -> ModelIdentity:
+    """Name and version as far as the URI alone tells them.
+
+    ``models:/NAME/VERSION`` -> (NAME, VERSION); ``models:/NAME@ALIAS`` needs the registry
+    (see :func:`resolve_model_identity`); ``runs:/RUN/PATH`` -> (PATH's last part, RUN);
+    a local path -> (its directory name, ``local``).
+    """
+    if uri.startswith("models:/"):
+        rest = uri[len("models:/") :].strip("/")
+        if "@" in rest:
+            name, alias = rest.split("@", 1)
+            return ModelIdentity(name, f"@{alias}")
+        name, _, version = rest.partition("/")
+        return ModelIdentity(name, version or "latest")
+    if uri.startswith("runs:/"):
+        run_id, _, path = uri[len("runs:/") :].strip("/").partition("/")
+        return ModelIdentity(path.rstrip("/").rsplit("/", 1)[-1] or run_id, run_id)
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
+    return ModelIdentity(os.path.basename(os.path.normpath(path)) or "model", "local")
+
+
+def resolve_model_identity(
+    uri: str, name: str | None = None, version: str | None = None
+) -> ModelIdentity:
+    """The identity the server reports: explicit settings win, then the registry."""
+    derived = identify_model_uri(uri)
+    if version is None and derived.version.startswith("@"):
+        found = _registry().resolve(ModelReference(derived.name, alias=derived.version[1:]))
+        derived = ModelIdentity(derived.name, str(found.version))
+    return ModelIdentity(name or derived.name, version or derived.version)
+
+
+def _registry() -> Registry:
+    """The registry the server's environment names (MLFLOW_TRACKING_URI and credentials)."""
+    uri = os.environ.get(c.TRACKING_URI_ENV)
+    if not uri:
+        raise ValueError(
+            f"{c.TRACKING_URI_ENV} is not set: a models:/ URI needs the registry it is in"
+        )
+    return open_registry(uri, Credentials.from_mapping(os.environ))
+
+
+class ServedModel:
+    """An MLflow pyfunc model plus the fastest correct way to call it.
+
+    For scikit-learn models the estimator is called directly: the input is already checked
+    and converted to the signature's types, so MLflow's per-call schema enforcement would
+    only repeat that work (it costs more than the prediction for a small model).
+    """
+
+    def __init__(self, pyfunc_model: Any, identity: ModelIdentity) -> None:
+        self.pyfunc_model = pyfunc_model
+        self.identity = identity
+        self.schema = InputSchema.from_mlflow(pyfunc_model.metadata.get_input_schema())
+        self._predict_raw: Callable[[Any], Any] | None = None
+        self._wants_frame = True
+        flavor = pyfunc_model.metadata.flavors.get("python_function", {})
+        if flavor.get("loader_module") == "mlflow.sklearn" and self.schema.columns:
+            estimator = pyfunc_model.get_raw_model()
+            method = getattr(estimator, flavor.get("predict_fn", "predict"), None)
+            if callable(method):
+                self._predict_raw = method
+                # An estimator fitted on a DataFrame checks feature names; one fitted on
+                # arrays warns when given names. Give each what it was fitted on.
+                self._wants_frame = hasattr(estimator, "feature_names_in_")
+
+    @classmethod
+    def load(cls, uri: str, name: str | None = None, version: str | None = None) -> ServedModel:
+        import mlflow.pyfunc
+
+        identity = resolve_model_identity(uri, name, version)
+        logger.info("loading model %s (%s version %s)", uri, identity.name, identity.version)
+        return cls(mlflow.pyfunc.load_model(uri), identity)
+
+    def predict(self, columns: dict[str, Array]) -> Array:
+        """Predict on validated columns (signature order); one output row per input row."""
+        if self._predict_raw is not None:
+            arrays = list(columns.values())
+            if len({a.dtype for a in arrays}) == 1 and arrays[0].dtype.kind in "biuf":
+                # One 2-D block: a DataFrame of N separate columns costs more to build
+                # (and for sklearn to convert back) than the prediction of a small model.
+                matrix = np.column_stack(arrays)
+                features: Any = (
+                    pd.DataFrame(matrix, columns=list(columns), copy=False)
+                    if self._wants_frame
+                    else matrix
+                )
+            else:
+                features = pd.DataFrame(columns, copy=False)
+            result = self._predict_raw(features)
+        else:
+            result = self.pyfunc_model.predict(pd.DataFrame(columns, copy=False))
+        return as_prediction_array(result)
+
+
+def as_prediction_array(result: Any) -> Array:
+    if isinstance(result, pd.DataFrame | pd.Series):
+        return np.asarray(result.to_numpy())
+    return np.asarray(result)
+
+
+def predictions_to_json(predictions: Array) -> list[Any]:
+    """JSON values as ``mlflow models serve`` writes them (numpy scalars -> Python)."""
+    values: list[Any] = predictions.tolist()
+    return values

@@ -1,0 +1,334 @@
+"""The BentoML model server: ``bentoml serve modelyard.serving.service:ModelServer``.
+
+BentoML runs the process (workers, graceful shutdown, ``/livez``, ``/readyz``,
+``/metrics``); the scoring routes are a small Starlette app mounted into the service so
+that every error has our shape and status (see :mod:`modelyard.serving.batching` for why
+they do not use a batchable ``@bentoml.api``).
+
+The model is loaded when the service instance is created, which BentoML does before the
+worker accepts connections: ``/readyz`` answers 200 only once the model is loaded and
+warmed up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import secrets
+import signal
+import time
+from collections.abc import Callable
+from typing import Any, cast
+
+import anyio.to_thread
+import bentoml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from modelyard.core import contracts as c
+from modelyard.core.contracts import ServerEnv
+from modelyard.serving.batching import BatchShed, PredictionBatcher
+from modelyard.serving.metrics import ServerMetrics
+from modelyard.serving.model import ServedModel, predictions_to_json
+from modelyard.serving.payload import (
+    Array,
+    InputSchema,
+    ModelInput,
+    PayloadError,
+    parse_predict_payload,
+    parse_scoring_payload,
+)
+from modelyard.serving.prediction_log import LoggedRequest, PredictionLog, utc_now
+from modelyard.serving.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+# Bodies above this size are parsed off the event loop so that one large request does not
+# stall the others.
+_PARSE_INLINE_BYTES = 256 * 1024
+_JSON_MEDIA_TYPES = {"application/json", "text/json"}
+
+Parser = Callable[[bytes, InputSchema], ModelInput]
+
+
+def error_response(status: int, message: str, request_id: str | None = None) -> JSONResponse:
+    # The shape of MLflow's scoring-server errors, so MLflow clients show the message.
+    codes = {
+        400: "BAD_REQUEST",
+        413: "REQUEST_TOO_LARGE",
+        415: "UNSUPPORTED_MEDIA_TYPE",
+        422: "INVALID_PARAMETER_VALUE",
+        503: "TEMPORARILY_UNAVAILABLE",
+    }
+    headers = {"X-Request-ID": request_id} if request_id else None
+    return JSONResponse(
+        {"error_code": codes.get(status, "INTERNAL_ERROR"), "message": message},
+        status_code=status,
+        headers=headers,
+    )
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise PayloadError(
+            f"request body of {declared} bytes is larger than the limit of {limit} bytes", 413
+        )
+    if declared.isdigit():
+        return await request.body()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadError(f"request body is larger than the limit of {limit} bytes", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def synthetic_input(schema: InputSchema) -> ModelInput:
+    """One row of neutral values, for warming the model and the batcher up."""
+    samples: dict[str, Any] = {
+        "double": 0.0,
+        "float": 0.0,
+        "long": 0,
+        "integer": 0,
+        "boolean": False,
+        "string": "",
+        "binary": "",
+        "datetime": "1970-01-01T00:00:00",
+    }
+    columns = {c.name: c.convert([samples[c.kind]]) for c in schema.columns}
+    return ModelInput(columns, 1)
+
+
+class ServingRuntime:
+    """Everything one worker needs to answer requests: model, batcher, log, metrics."""
+
+    def __init__(self, settings: ServerSettings) -> None:
+        # prometheus_client must be imported after BentoML has set PROMETHEUS_MULTIPROC_DIR
+        # in the worker, i.e. here and not at module import.
+        import prometheus_client
+
+        self.settings = settings
+        self.model = ServedModel.load(
+            settings.model_uri, settings.model_name, settings.model_version
+        )
+        identity = self.model.identity
+        self.metrics = ServerMetrics(
+            identity, prometheus_client.Counter, prometheus_client.Histogram
+        )
+        self.batcher = PredictionBatcher(
+            self.model.predict,
+            self.model.schema.names,
+            max_batch_requests=settings.max_batch_requests,
+            max_latency_ms=settings.max_latency_ms,
+            on_batch=self.metrics.observe_batch,
+        )
+        self.prediction_log: PredictionLog | None = None
+        if settings.prediction_log:
+            self.prediction_log = PredictionLog(
+                settings.prediction_log,
+                identity.name,
+                identity.version,
+                flush_interval=settings.log_flush_interval,
+                flush_rows=settings.log_flush_rows,
+                max_buffered_rows=settings.log_max_buffered_rows,
+                on_write_failure=self.metrics.count_log_write_failure,
+                on_rows_dropped=self.metrics.count_log_rows_dropped,
+            )
+            self.prediction_log.start()
+        self.model_headers = {"X-Model-Name": identity.name, "X-Model-Version": identity.version}
+        self.ready = False
+        # Unique per worker process and cheaper than a uuid4 per request.
+        self._request_id_prefix = secrets.token_hex(8)
+        self._request_ids = itertools.count()
+
+    def _next_request_id(self) -> str:
+        return f"{self._request_id_prefix}{next(self._request_ids):016x}"
+
+    async def warm_up(self) -> None:
+        """Run synthetic rows through the batcher: a model's first calls are slow."""
+        if not self.model.schema.columns:
+            self.ready = True
+            return
+        try:
+            sample = synthetic_input(self.model.schema)
+            for group in (1, 1, 1, 4, 16):
+                await asyncio.gather(*(self.batcher.predict(sample) for _ in range(group)))
+        except Exception as exc:
+            # A model may reject neutral values (e.g. an unknown category): not a fault.
+            logger.info("warm-up with synthetic rows skipped: %s", exc)
+        self.ready = True
+
+    def close(self) -> None:
+        if self.prediction_log is not None:
+            self.prediction_log.close()
+
+    async def score(
+        self,
+        request: Request,
+        endpoint: str,
+        parse: Parser,
+        render: Callable[[list[Any], str], dict[str, Any]],
+    ) -> Response:
+        started = time.perf_counter()
+        request_id = request.headers.get("x-request-id", "")[:128] or self._next_request_id()
+        try:
+            response = await self._score(request, endpoint, parse, render, request_id)
+        except PayloadError as exc:
+            response = error_response(exc.status, exc.message, request_id)
+        except BatchShed as exc:
+            response = error_response(503, str(exc), request_id)
+            response.headers["Retry-After"] = "1"
+        except (ValueError, TypeError) as exc:
+            # The input matched the signature but the model refused it (e.g. an unseen
+            # category): the client can fix that, the server cannot.
+            response = error_response(422, f"the model rejected the input: {exc}", request_id)
+        except Exception:
+            logger.exception("prediction failed (request %s)", request_id)
+            response = error_response(500, "internal error while predicting", request_id)
+        response.headers.update(self.model_headers)
+        self.metrics.observe_request(endpoint, response.status_code, time.perf_counter() - started)
+        return response
+
+    async def _score(
+        self,
+        request: Request,
+        endpoint: str,
+        parse: Parser,
+        render: Callable[[list[Any], str], dict[str, Any]],
+        request_id: str,
+    ) -> Response:
+        body = await read_body(request, self.settings.max_body_bytes)
+        media_type = request.headers.get("content-type", "application/json")
+        media_type = media_type.split(";")[0].strip().lower()
+        if endpoint == "/invocations" and media_type not in _JSON_MEDIA_TYPES:
+            raise PayloadError(
+                f"unsupported content type '{media_type}': send application/json", 415
+            )
+        schema = self.model.schema
+        if len(body) > _PARSE_INLINE_BYTES:
+            model_input = await anyio.to_thread.run_sync(parse, body, schema)
+        else:
+            model_input = parse(body, schema)
+        predictions: Array = await self.batcher.predict(model_input)
+        if self.prediction_log is not None:
+            # Recorded before the answer is sent: an answered request is always logged.
+            self.prediction_log.record(
+                LoggedRequest(
+                    request_id, utc_now(), model_input.columns, predictions, model_input.n_rows
+                )
+            )
+        content = render(predictions_to_json(predictions), request_id)
+        return JSONResponse(content, headers={"X-Request-ID": request_id})
+
+
+def _runtime() -> ServingRuntime:
+    service = bentoml.get_current_service()
+    return cast(ServingRuntime, service.runtime)
+
+
+async def predict_endpoint(request: Request) -> Response:
+    runtime = _runtime()
+    identity = runtime.model.identity
+
+    def render(predictions: list[Any], request_id: str) -> dict[str, Any]:
+        return {
+            "model_name": identity.name,
+            "model_version": identity.version,
+            "request_id": request_id,
+            "predictions": predictions,
+        }
+
+    return await runtime.score(request, "/predict", parse_predict_payload, render)
+
+
+def _render_invocations(predictions: list[Any], request_id: str) -> dict[str, Any]:
+    # Exactly what `mlflow models serve` answers, so MLflow's clients read it unchanged.
+    return {"predictions": predictions}
+
+
+async def invocations_endpoint(request: Request) -> Response:
+    return await _runtime().score(
+        request, "/invocations", parse_scoring_payload, _render_invocations
+    )
+
+
+async def ping_endpoint(request: Request) -> Response:
+    # `mlflow models serve` answers /ping and /health; MLflow's client waits on /ping.
+    return PlainTextResponse("\n", status_code=200 if _runtime().ready else 503)
+
+
+scoring_app = Starlette(
+    routes=[
+        Route("/predict", predict_endpoint, methods=["POST"]),
+        Route("/invocations", invocations_endpoint, methods=["POST"]),
+        Route("/ping", ping_endpoint, methods=["GET"]),
+        Route("/health", ping_endpoint, methods=["GET"]),
+    ]
+)
+
+
+def _access_log_config() -> dict[str, Any]:
+    if os.environ.get(ServerEnv.ACCESS_LOG, "") in ("1", "true"):
+        return {"enabled": True}
+    # BentoML's per-request traffic metrics skip the same paths as its access log. With
+    # the access log off, skip them on the scoring routes too: modelyard_requests_total
+    # and modelyard_request_duration_seconds already count those requests, per model.
+    return {
+        "enabled": False,
+        "skip_paths": [
+            c.METRICS_PATH,
+            "/healthz",
+            c.LIVENESS_PATH,
+            c.READINESS_PATH,
+            "/predict",
+            "/invocations",
+        ],
+    }
+
+
+@bentoml.service(
+    name="modelyard-server",
+    workers=int(os.environ.get(ServerEnv.WORKERS, "1")),
+    traffic={"timeout": 120},
+    # With no exporter configured, BentoML's OpenTelemetry middleware still opens a span per
+    # request: about a fifth of the event loop's time on the scoring routes in a profile.
+    # MODELYARD_TRACE_REQUESTS=1 keeps them traced when tracing is set up.
+    tracing={}
+    if os.environ.get(ServerEnv.TRACE_REQUESTS, "") in ("1", "true")
+    else {"excluded_urls": "/predict,/invocations"},
+    logging={"access": _access_log_config()},
+)
+@bentoml.asgi_app(scoring_app, path="/")
+class ModelServer:
+    """Serves one MLflow model, configured by ``MODELYARD_*`` environment variables."""
+
+    def __init__(self) -> None:
+        try:
+            self.runtime = ServingRuntime(ServerSettings.from_env())
+        except Exception:
+            # BentoML would restart this worker forever and the server would never be
+            # ready; stopping the whole server instead makes a bad model URI or registry
+            # a visible crash (CrashLoopBackOff in Kubernetes) with this message in the log.
+            logger.critical("the model server cannot start; stopping it", exc_info=True)
+            os.kill(os.getppid(), signal.SIGTERM)
+            raise
+
+    # bentoml's lazy top-level module leaves its decorators untyped for mypy.
+    @bentoml.on_startup  # type: ignore[untyped-decorator]
+    async def warm_up(self) -> None:
+        await self.runtime.warm_up()
+
+    def __is_ready__(self) -> bool:
+        return self.runtime.ready
+
+    @bentoml.on_shutdown  # type: ignore[untyped-decorator]
+    def close(self) -> None:
+        logger.info("shutting down: flushing the prediction log")
+        self.runtime.close()

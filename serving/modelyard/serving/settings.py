@@ -1,0 +1,61 @@
+"""The model server's configuration, read once from the environment.
+
+The names are the contract in ``docs/contracts.md``; the operator sets them on the pod and
+``modelyard serve`` sets them from its options.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from pydantic import BaseModel, Field, ValidationError
+
+from modelyard.core.contracts import ServerEnv
+
+
+class SettingsError(ValueError):
+    """The environment does not describe a server that can start."""
+
+
+class ServerSettings(BaseModel, frozen=True):
+    model_uri: str = Field(min_length=1)
+    model_name: str | None = None
+    model_version: str | None = None
+    prediction_log: str | None = None
+    # Seconds between prediction-log flushes; rows are also flushed when the buffer fills.
+    log_flush_interval: float = Field(default=10.0, gt=0)
+    log_flush_rows: int = Field(default=50_000, gt=0)
+    # Rows kept in memory while the sink fails; beyond this the oldest are dropped (counted).
+    log_max_buffered_rows: int = Field(default=1_000_000, gt=0)
+    max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
+    # Adaptive batching: at most this many requests in one model call, and requests that
+    # would wait longer than max_latency_ms are refused with 503 instead of queueing forever.
+    max_batch_requests: int = Field(default=256, gt=0)
+    max_latency_ms: int = Field(default=1000, gt=0)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
+        env = os.environ if environ is None else environ
+        if not env.get(ServerEnv.MODEL_URI):
+            raise SettingsError(
+                f"{ServerEnv.MODEL_URI} is not set: give the model to serve as "
+                "models:/NAME/VERSION, runs:/RUN_ID/PATH or a local path"
+            )
+        fields = {
+            "model_uri": ServerEnv.MODEL_URI,
+            "model_name": ServerEnv.MODEL_NAME,
+            "model_version": ServerEnv.MODEL_VERSION,
+            "prediction_log": ServerEnv.PREDICTION_LOG,
+            "log_flush_interval": ServerEnv.LOG_FLUSH_INTERVAL,
+            "log_flush_rows": ServerEnv.LOG_FLUSH_ROWS,
+            "log_max_buffered_rows": ServerEnv.LOG_MAX_BUFFERED_ROWS,
+            "max_body_bytes": ServerEnv.MAX_BODY_BYTES,
+            "max_batch_requests": ServerEnv.MAX_BATCH_REQUESTS,
+            "max_latency_ms": ServerEnv.MAX_LATENCY_MS,
+        }
+        values = {field: env[var] for field, var in fields.items() if env.get(var)}
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise SettingsError(f"invalid model server settings: {exc}") from exc

@@ -1,0 +1,199 @@
+"""The names the components of modelyard rely on, in one place.
+
+Each name here is read by one component and written by another (the operator sets an
+environment variable the server reads; the drift check writes a tag the operator reads).
+Change a name here and every side changes with it; ``docs/contracts.md`` explains them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import re
+from typing import Final
+
+from modelyard._version import __version__
+
+# ------------------------------------------------------------------ images
+#: One image per component, each with only its own dependencies (docs/contracts.md).
+OPERATOR_IMAGE: Final = f"modelyard/operator:{__version__}"
+SERVER_IMAGE: Final = f"modelyard/server:{__version__}"
+#: Pipelines, drift checks and the MLflow tracking server.
+TOOLKIT_IMAGE: Final = f"modelyard/toolkit:{__version__}"
+
+# ------------------------------------------------------------------ the model server
+#: The port the model server listens on, inside its pod.
+SERVER_PORT: Final = 3000
+#: The port of the ModelDeployment's Service.
+SERVICE_PORT: Final = 80
+#: Answers 200 while the process is healthy.
+LIVENESS_PATH: Final = "/livez"
+#: Answers 200 only once the model is loaded and warmed up.
+READINESS_PATH: Final = "/readyz"
+#: Prometheus metrics of every modelyard process that serves HTTP.
+METRICS_PATH: Final = "/metrics"
+#: The uid (and gid) every modelyard container runs as; the images name it ``modelyard``.
+RUN_AS_UID: Final = 10001
+
+
+class ServerEnv:
+    """Environment variables of the model server (set by the operator or ``modelyard serve``)."""
+
+    MODEL_URI: Final = "MODELYARD_MODEL_URI"
+    MODEL_NAME: Final = "MODELYARD_MODEL_NAME"
+    MODEL_VERSION: Final = "MODELYARD_MODEL_VERSION"
+    PREDICTION_LOG: Final = "MODELYARD_PREDICTION_LOG"
+    LOG_FLUSH_INTERVAL: Final = "MODELYARD_LOG_FLUSH_INTERVAL"
+    LOG_FLUSH_ROWS: Final = "MODELYARD_LOG_FLUSH_ROWS"
+    LOG_MAX_BUFFERED_ROWS: Final = "MODELYARD_LOG_MAX_BUFFERED_ROWS"
+    MAX_BODY_BYTES: Final = "MODELYARD_MAX_BODY_BYTES"
+    MAX_BATCH_REQUESTS: Final = "MODELYARD_MAX_BATCH_REQUESTS"
+    MAX_LATENCY_MS: Final = "MODELYARD_MAX_LATENCY_MS"
+    WORKERS: Final = "MODELYARD_WORKERS"
+    ACCESS_LOG: Final = "MODELYARD_ACCESS_LOG"
+    TRACE_REQUESTS: Final = "MODELYARD_TRACE_REQUESTS"
+
+
+class PipelineEnv:
+    """Environment variables of pipeline runs (set by the CronJob or the CLI)."""
+
+    HOME: Final = "MODELYARD_HOME"
+    LAKE: Final = "MODELYARD_LAKE"
+    RUN_DATE: Final = "MODELYARD_RUN_DATE"
+    CODE_VERSION: Final = "MODELYARD_CODE_VERSION"
+    #: Set by Kubernetes in each pod of an Indexed Job, and by the local runner for fan-out.
+    COMPLETION_INDEX: Final = "JOB_COMPLETION_INDEX"
+
+
+# ------------------------------------------------------------------ the MLflow registry
+#: The tracking server, as MLflow itself reads it.
+TRACKING_URI_ENV: Final = "MLFLOW_TRACKING_URI"
+#: Registry credentials, under the keys MLflow reads: in a Secret
+#: (``spec.registry.credentialsSecretRef``) and in the pods' environment.
+TRACKING_USERNAME_ENV: Final = "MLFLOW_TRACKING_USERNAME"
+TRACKING_PASSWORD_ENV: Final = "MLFLOW_TRACKING_PASSWORD"
+TRACKING_TOKEN_ENV: Final = "MLFLOW_TRACKING_TOKEN"
+CREDENTIAL_KEYS: Final = (TRACKING_USERNAME_ENV, TRACKING_PASSWORD_ENV, TRACKING_TOKEN_ENV)
+
+#: On a model version: "deployed here since" (the value), one key per ModelDeployment.
+DEPLOYED_TAG_PREFIX: Final = "modelyard.io/deployed"
+
+
+def deployed_tag_key(namespace: str, name: str) -> str:
+    """The registry tag that says version N is live in ModelDeployment namespace/name."""
+    return f"{DEPLOYED_TAG_PREFIX}/{namespace}/{name}"
+
+
+class DriftTags:
+    """Tags the drift check writes on the model version it checked, read by the operator."""
+
+    PREFIX: Final = "modelyard.drift"
+    LAST_RUN_ID: Final = f"{PREFIX}.last_run_id"
+    LAST_CHECKED: Final = f"{PREFIX}.last_checked"
+    LAST_STATUS: Final = f"{PREFIX}.last_status"
+    LAST_DATASET_DRIFT: Final = f"{PREFIX}.last_dataset_drift"
+    LAST_PREDICTION_DRIFT: Final = f"{PREFIX}.last_prediction_drift"
+    LAST_DRIFTED_COLUMNS: Final = f"{PREFIX}.last_drifted_columns"
+    LAST_SHARE: Final = f"{PREFIX}.last_share_of_drifted_columns"
+    LAST_MESSAGE: Final = f"{PREFIX}.last_message"
+    # On the drift check's own run.
+    MODEL_NAME: Final = f"{PREFIX}.model_name"
+    MODEL_VERSION: Final = f"{PREFIX}.model_version"
+    SOURCE_RUN_ID: Final = f"{PREFIX}.source_run_id"
+    STATUS: Final = f"{PREFIX}.status"
+    DATASET_DRIFT: Final = f"{PREFIX}.dataset_drift"
+    PREDICTION_DRIFT: Final = f"{PREFIX}.prediction_drift"
+    WINDOW: Final = f"{PREFIX}.window"
+    #: MLflow limits tag values; the free-text ones are cut to this length.
+    MAX_TEXT: Final = 1000
+
+
+class RunTags:
+    """Tags the training pipeline writes on its runs and model versions."""
+
+    CODE_VERSION: Final = "modelyard.code_version"
+    PIPELINE: Final = "modelyard.pipeline"
+    PIPELINE_RUN: Final = "modelyard.pipeline_run"
+    RUN_DATE: Final = "modelyard.run_date"
+    RUN_ID: Final = "modelyard.run_id"
+    PROMOTION: Final = "modelyard.promotion"
+
+
+#: The training run's sample of its training features: the drift check's reference.
+REFERENCE_ARTIFACT: Final = "reference/data.parquet"
+REFERENCE_MAX_ROWS: Final = 200_000
+REFERENCE_SAMPLE_SEED: Final = 0
+#: The drift check's own run: its summary and Evidently's HTML report.
+DRIFT_SUMMARY_ARTIFACT: Final = "drift/summary.json"
+DRIFT_REPORT_ARTIFACT: Final = "drift/report.html"
+#: The lineage context MLflow records for each dataset input of a run.
+DATASET_CONTEXT_TAG: Final = "mlflow.data.context"
+TRAINING_CONTEXT: Final = "training"
+HOLDOUT_CONTEXT: Final = "holdout"
+
+# ------------------------------------------------------------------ Kubernetes objects
+LABEL_NAME: Final = "app.kubernetes.io/name"
+LABEL_INSTANCE: Final = "app.kubernetes.io/instance"
+LABEL_COMPONENT: Final = "app.kubernetes.io/component"
+LABEL_PART_OF: Final = "app.kubernetes.io/part-of"
+LABEL_MANAGED_BY: Final = "app.kubernetes.io/managed-by"
+LABEL_VERSION: Final = "app.kubernetes.io/version"
+PART_OF: Final = "modelyard"
+#: app.kubernetes.io/managed-by of every object the operator or the pipelines create.
+MANAGED_BY: Final = "modelyard"
+LABEL_PIPELINE: Final = "modelyard.io/pipeline"
+LABEL_STEP: Final = "modelyard.io/step"
+LABEL_DRIFT_OF: Final = "modelyard.io/drift-of"
+
+ANNOTATION_MODEL_URI: Final = "modelyard.io/model-uri"
+ANNOTATION_MODEL_VERSION: Final = "modelyard.io/model-version"
+ANNOTATION_DRIFT_RUN: Final = "modelyard.io/drift-run-id"
+ANNOTATION_TRIGGERED_BY: Final = "modelyard.io/triggered-by"
+
+#: Where pipeline pods find their pipeline file and mount the lake volume.
+PIPELINE_DIR: Final = "/etc/modelyard"
+PIPELINE_FILE: Final = "pipeline.yaml"
+LAKE_MOUNT: Final = "/var/lib/modelyard/lake"
+
+# ------------------------------------------------------------------ the prediction log
+#: Bookkeeping columns of the prediction log; the drift check ignores every ``_`` column.
+LOG_MODEL_NAME_COLUMN: Final = "_model_name"
+LOG_MODEL_VERSION_COLUMN: Final = "_model_version"
+LOG_TIMESTAMP_COLUMN: Final = "_timestamp"
+LOG_REQUEST_ID_COLUMN: Final = "_request_id"
+#: The model's outputs: ``prediction``, or ``prediction_0``, ``prediction_1``, ...
+PREDICTION_COLUMN_PATTERN: Final = re.compile(r"^prediction(_\d+)?$")
+
+
+def prediction_log_partition(base: str, model_name: str, version: str, day: dt.date) -> str:
+    """``{base}/{model}/version={version}/date={YYYY-MM-DD}``: one day of one version."""
+    return f"{base.rstrip('/')}/{model_name}/version={version}/date={day.isoformat()}"
+
+
+# ------------------------------------------------------------------ the drift check
+class DriftExit(enum.IntEnum):
+    """Exit codes of ``modelyard drift check``."""
+
+    OK = 0
+    #: A file that cannot be read, a version without lineage, bad options: retrying is futile.
+    BAD_INPUT = 2
+    DRIFT = 3
+    #: No data in the window, or the schema does not match: not checked as a whole.
+    NOT_CHECKED = 4
+
+
+#: Exit codes after which the drift CronJob's pod is not retried.
+DRIFT_NO_RETRY_EXIT_CODES: Final = (DriftExit.BAD_INPUT.value, DriftExit.NOT_CHECKED.value)
+
+#: The drift window: a positive whole number of minutes, hours or days (``90m``, ``24h``,
+#: ``7d``). The CRD's pattern for ``spec.monitoring.drift.window`` is this one.
+WINDOW_PATTERN: Final = r"^[1-9][0-9]*[mhd]$"
+_WINDOW = re.compile(WINDOW_PATTERN)
+_WINDOW_UNITS: Final = {"m": "minutes", "h": "hours", "d": "days"}
+
+
+def parse_window(text: str) -> dt.timedelta:
+    """``90m`` -> 90 minutes; raises ValueError that says what a window looks like."""
+    if not _WINDOW.match(text):
+        raise ValueError(f"{text!r} is not a window such as 90m, 24h or 7d")
+    return dt.timedelta(**{_WINDOW_UNITS[text[-1]]: int(text[:-1])})
