@@ -28,10 +28,8 @@ COPY locks/bootstrap.txt /src/locks/
 RUN python3 -m venv /opt/build \
  && /opt/build/bin/pip install --require-hashes -r /src/locks/bootstrap.txt \
  && python3 -m venv --without-pip /opt/modelyard
-COPY pyproject.toml README.md /src/
-COPY src /src/src
-# Install the lock named by LOCK, then the package from src/ and the component folders
-# copied so far (a layer each, so a code change rebuilds only the last one).
+# Each image installs its lock, then its code (the package built from pyproject.toml,
+# src/ and its component's folder): a code change rebuilds only the last layers.
 ENV INSTALL_LOCK="/opt/build/bin/uv pip install --quiet --python /opt/modelyard/bin/python --compile-bytecode --require-hashes -r" \
     INSTALL_CODE="/opt/build/bin/uv pip install --quiet --python /opt/modelyard/bin/python --compile-bytecode --no-deps --no-build-isolation --no-cache /src"
 
@@ -50,6 +48,8 @@ WORKDIR /tmp
 FROM installer AS operator-build
 COPY locks/operator.txt /src/locks/
 RUN $INSTALL_LOCK /src/locks/operator.txt
+COPY pyproject.toml README.md /src/
+COPY src /src/src
 COPY operator /src/operator
 RUN $INSTALL_CODE
 
@@ -63,6 +63,8 @@ CMD ["--help"]
 FROM installer AS server-build
 COPY locks/server.txt /src/locks/
 RUN $INSTALL_LOCK /src/locks/server.txt
+COPY pyproject.toml README.md /src/
+COPY src /src/src
 COPY serving /src/serving
 RUN $INSTALL_CODE
 
@@ -81,6 +83,8 @@ CMD ["--host", "0.0.0.0", "--port", "3000"]
 FROM installer AS toolkit-build
 COPY locks/pipelines.txt /src/locks/
 RUN $INSTALL_LOCK /src/locks/pipelines.txt
+COPY pyproject.toml README.md /src/
+COPY src /src/src
 COPY pipelines /src/pipelines
 RUN $INSTALL_CODE
 

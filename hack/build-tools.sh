@@ -5,7 +5,8 @@
 # pinned version is reused, so a warm run takes seconds.
 #
 #   hack/build-tools.sh            # control plane + kubectl + helm
-#   hack/build-tools.sh node       # also kubelet, kube-proxy, crictl, CoreDNS (NODE=1)
+#   hack/build-tools.sh node       # also kubelet, kube-proxy, crictl, CoreDNS and
+#                                  # kube-network-policies (NODE=1)
 #   hack/build-tools.sh cli        # only kubectl and helm (what the unit tests run)
 set -euo pipefail
 
@@ -44,6 +45,7 @@ etcd_version=$(modver etcd go.etcd.io/etcd/server/v3)
 helm_version=$(modver helm helm.sh/helm/v3)
 crictl_version=$(modver crictl sigs.k8s.io/cri-tools)
 coredns_version=$(modver coredns github.com/coredns/coredns)
+knp_version=$(modver kube-network-policies sigs.k8s.io/kube-network-policies)
 
 # Same version stamping as kubernetes' hack/lib/version.sh, so `kubectl version`
 # and /version report the real release instead of v0.0.0-master.
@@ -86,5 +88,8 @@ if [[ ${1:-} == node ]]; then
     -ldflags "-s -w"
   CGO_ENABLED=0 build coredns coredns "$coredns_version" github.com/coredns/coredns \
     -ldflags "-s -w"
+  # NetworkPolicy for the node (the bridge CNI enforces none).
+  CGO_ENABLED=0 build kube-network-policies kube-network-policies "$knp_version" \
+    sigs.k8s.io/kube-network-policies/cmd -ldflags "-s -w"
 fi
 log "binaries ready in $bin"

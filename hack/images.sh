@@ -173,6 +173,19 @@ coredns_archive() {
   scratch_image "modelyard/coredns:$v" "$bin/coredns" /coredns
 }
 
+knp_archive() {
+  local v
+  v=$(readlink "$bin/kube-network-policies" | sed 's/.*kube-network-policies-//')
+  [[ -n $v ]] || die "kube-network-policies is not built: run hack/build-tools.sh node"
+  scratch_image "modelyard/kube-network-policies:$v" "$bin/kube-network-policies" \
+    /kube-network-policies
+}
+
+knp_image() {
+  printf 'modelyard/kube-network-policies:%s' \
+    "$(readlink "$bin/kube-network-policies" | sed 's/.*kube-network-policies-//')"
+}
+
 build() {
   build_dockerfile "$operator_image" operator >/dev/null
   build_dockerfile "$server_image" server >/dev/null
@@ -215,6 +228,7 @@ load() {
 load_node_images() {
   ctr_import "$(pause_archive)" "$pause_image"
   ctr_import "$(coredns_archive)" "modelyard/coredns:$(readlink "$bin/coredns" | sed 's/.*coredns-//')"
+  ctr_import "$(knp_archive)" "$(knp_image)"
 }
 
 case ${1:-all} in

@@ -113,14 +113,48 @@ CRD_DIR = REPO / "manifests" / "crds"
 
 @pytest.fixture(scope="session")
 def crd(cluster: Cluster) -> Path:
-    """The ModelDeployment CRD from manifests/crds (the one the chart ships), applied
-    and Established."""
-    path = CRD_DIR / "modeldeployments.modelyard.io.yaml"
-    cluster.run_kubectl("apply", "--server-side", "--force-conflicts", "-f", str(path))
-    cluster.run_kubectl(
-        "wait",
-        "--for=condition=Established",
-        "--timeout=60s",
-        "crd/modeldeployments.modelyard.io",
+    """The CRDs from manifests/crds (the ones the chart ships), applied and Established;
+    the ModelDeployment CRD's path."""
+    cluster.run_kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_DIR))
+    for path in sorted(CRD_DIR.glob("*.yaml")):
+        cluster.run_kubectl(
+            "wait", "--for=condition=Established", "--timeout=60s", f"crd/{path.stem}"
+        )
+    return CRD_DIR / "modeldeployments.modelyard.io.yaml"
+
+
+#: The approval model's cluster-wide objects in the tests carry this prefix, so that a
+#: chart the tests install (the same objects, owned by Helm) does not collide with them.
+APPROVAL_PREFIX = "it-"
+
+
+@pytest.fixture(scope="session")
+def approval_model(cluster: Cluster, crd: Path) -> str:
+    """The chart's roles and admission policies of the approval model, applied; the
+    prefix of their names (the ClusterRoles are PREFIX + modelyard-approver/-editor)."""
+    helm = cluster.bin_dir / "helm"
+    rendered = subprocess.run(
+        [
+            str(helm),
+            "template",
+            "it",
+            str(REPO / "charts" / "modelyard"),
+            "--show-only",
+            "templates/roles.yaml",
+            "--show-only",
+            "templates/admission-policies.yaml",
+            "--set",
+            f"rbac.namePrefix={APPROVAL_PREFIX}",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    subprocess.run(
+        [cluster.kubectl, "--kubeconfig", str(cluster.kubeconfig), "apply", "-f", "-"],
+        input=rendered,
+        text=True,
+        capture_output=True,
+        check=True,
     )
-    return path
+    return APPROVAL_PREFIX

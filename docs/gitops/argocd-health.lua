@@ -48,6 +48,14 @@ if degraded ~= nil and degraded.status == "True" then
   return hs
 end
 
+-- A version waiting for a person is paused work, as Argo shows a paused rollout.
+local approved = condition(conditions, "Approved")
+if approved ~= nil and approved.status == "False" and approved.reason == "AwaitingApproval" then
+  hs.status = "Suspended"
+  hs.message = describe(approved, "A new version awaits approval")
+  return hs
+end
+
 local ready = condition(conditions, "Ready")
 if ready ~= nil and ready.status == "True" then
   hs.status = "Healthy"

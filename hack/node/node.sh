@@ -151,6 +151,11 @@ node_ready() {
     -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null | grep -q True
 }
 
+knp_ready() {
+  kubectl_ -n kube-system get ds kube-network-policies -o jsonpath='{.status.numberReady}' \
+    2>/dev/null | grep -q '^[1-9]'
+}
+
 coredns_ready() {
   kubectl_ -n kube-system get deploy coredns -o jsonpath='{.status.availableReplicas}' \
     2>/dev/null | grep -q '^[1-9]'
@@ -220,7 +225,12 @@ node_up() {
   sed -e "s|@COREDNS_IMAGE@|modelyard/coredns:$coredns_v|" -e "s|@DNS_IP@|$dns_ip|" \
     "$root/hack/node/coredns.yaml" | kubectl_ apply -f - >/dev/null
   node_volumes
+  local knp_v
+  knp_v=$(readlink "$bin/kube-network-policies" | sed 's/.*kube-network-policies-//')
+  sed -e "s|@KNP_IMAGE@|modelyard/kube-network-policies:$knp_v|" -e "s|@NODE_NAME@|$node_name|" \
+    "$root/hack/node/kube-network-policies.yaml" | kubectl_ apply -f - >/dev/null
   wait_for "CoreDNS" 120 coredns_ready
+  wait_for "kube-network-policies" 120 knp_ready
   log "node $node_name ready in $((SECONDS - t0))s"
 }
 

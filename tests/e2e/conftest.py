@@ -74,9 +74,27 @@ def toolkit_image() -> str:
     return f"modelyard/toolkit:{_version()}"
 
 
+#: A retraining pipeline for the production loop: the sample churn pipeline, but the
+#: challenger always becomes champion (margin -1): a person approves what goes live.
+RETRAIN_PIPELINE = "churn-retrain"
+
+
+def retrain_definition(directory: Path) -> Path:
+    sample = (REPO / "pipelines" / "samples" / "churn.yaml").read_text()
+    text = sample.replace("name: churn\n", f"name: {RETRAIN_PIPELINE}\n", 1).replace(
+        "parameters: {train_step: train, metric: roc_auc, margin: 0.005}",
+        "parameters: {train_step: train, metric: roc_auc, margin: -1.0}",
+    )
+    assert "margin: -1.0" in text and f"name: {RETRAIN_PIPELINE}" in text
+    path = directory / f"{RETRAIN_PIPELINE}.yaml"
+    path.write_text(text)
+    return path
+
+
 @pytest.fixture(scope="module")
-def release(node_cluster: Any) -> Iterator[str]:
-    """The chart installed with its defaults into a restricted namespace."""
+def release(node_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The chart installed with its defaults into a restricted namespace (and one more
+    pipeline, the production loop's retraining)."""
     ns = f"e2e-{uuid.uuid4().hex[:6]}"
     node_cluster.run_kubectl("create", "namespace", ns)
     for mode in ("enforce", "warn", "audit"):
@@ -96,6 +114,9 @@ def release(node_cluster: Any) -> Iterator[str]:
             "operator.resolveInterval=3",
             "--set",
             "pipelines.suspend=true",
+            "--set-file",
+            f"pipelines.definitions.{RETRAIN_PIPELINE}.definition="
+            f"{retrain_definition(tmp_path_factory.mktemp('pipelines'))}",
         ],
         capture_output=True,
         text=True,

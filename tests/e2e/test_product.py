@@ -9,18 +9,24 @@ own, so each test can run alone (pytest -k) and in any order.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 
+from tests.e2e.conftest import RETRAIN_PIPELINE
 from tests.support.incluster import E2E_RELEASE as RELEASE
 from tests.support.incluster import port_forward, run_pod, start_pod, wait_pod
 from tests.support.kube import wait_for
+from tests.support.models import mlflow_uri
+from tests.support.users import User, make_user
 
 # Setting up the release (images loaded, chart installed) takes minutes on 2 cores.
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
@@ -37,8 +43,8 @@ def mlflow_client(cluster: Any, ns: str) -> Iterator[Any]:
         yield MlflowClient(tracking_uri=uri, registry_uri=uri), uri
 
 
-def md(cluster: Any, ns: str) -> dict[str, Any]:
-    out = cluster.run_kubectl("-n", ns, "get", "md", MODEL, "-o", "json", check=False)
+def md(cluster: Any, ns: str, name: str = MODEL) -> dict[str, Any]:
+    out = cluster.run_kubectl("-n", ns, "get", "md", name, "-o", "json", check=False)
     return json.loads(out.stdout) if out.returncode == 0 else {}
 
 
@@ -174,6 +180,15 @@ print(urllib.request.urlopen(req, timeout=30).read().decode())
     assert [float(x) for x in answer["predictions"]] == pytest.approx(expected)
 
 
+def load_rows(tracking_uri: str, version: int) -> str:
+    """A request body with one row of the version's input example."""
+    import mlflow.pyfunc
+
+    with mlflow_uri(tracking_uri):
+        rows = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version}").input_example
+    return json.dumps({"dataframe_split": rows.head(1).to_dict(orient="split")}, default=str)
+
+
 LOAD_SCRIPT = """
 import json, time, threading, urllib.request
 url = "http://{host}/invocations"
@@ -226,11 +241,7 @@ def test_alias_move_rolls_out_with_zero_failed_requests_under_load(
             "version 2 READY",
             lambda: mlflow.get_model_version(MODEL, v2.version).status == "READY",
         )
-        import mlflow as mlflow_module
-
-        mlflow_module.set_tracking_uri(uri)
-        rows = mlflow_module.pyfunc.load_model(f"models:/{MODEL}/{v1.version}").input_example
-    body = json.dumps({"dataframe_split": rows.head(1).to_dict(orient="split")}, default=str)
+        body = load_rows(uri, int(v1.version))
     seconds = 150
     script = LOAD_SCRIPT.format(
         host=f"{MODEL}.{release}.svc.cluster.local", body=body, rate=25, seconds=seconds
@@ -271,7 +282,8 @@ path = mlflow.artifacts.download_artifacts(
     run_id=version.run_id, artifact_path="reference/data.parquet", dst_path="/tmp/ref")
 import pandas as pd
 current = pd.read_parquet(path)
-numeric = [c for c in current.select_dtypes("number").columns if current[c].nunique() > 10][:2]
+numeric = [c for c in current.select_dtypes("number").columns if current[c].nunique() > 10]
+numeric = numeric[:{shift}]
 for c in numeric:  # a shift no drift test can miss
     current[c] = current[c] * 3 + current[c].std() * 2
 current.to_parquet("/tmp/current.parquet")
@@ -291,7 +303,7 @@ def test_drift_check_runs_in_the_cluster_and_its_report_exists(
         node_cluster,
         release,
         toolkit_image,
-        DRIFT_SCRIPT.format(model=MODEL, version=version),
+        DRIFT_SCRIPT.format(model=MODEL, version=version, shift=2),
         env={"MLFLOW_TRACKING_URI": f"http://{RELEASE}-modelyard-mlflow.{release}.svc:5000"},
         timeout=600,
     )
@@ -305,8 +317,160 @@ def test_drift_check_runs_in_the_cluster_and_its_report_exists(
     assert {"drift/report.html", "drift/summary.json"} <= reports
 
 
+PRODUCTION = "churn-prod"
+
+
+def cli_as(user: User, *args: str) -> subprocess.CompletedProcess[str]:
+    """The `modelyard` command as a person runs it, with their own kubeconfig."""
+    return subprocess.run(
+        [str(Path(sys.executable).parent / "modelyard"), *args],
+        env={**os.environ, "KUBECONFIG": str(user.kubeconfig)},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def pending_version(cluster: Any, ns: str, name: str) -> int | None:
+    status = md(cluster, ns, name).get("status") or {}
+    return (status.get("pending") or {}).get("version")
+
+
+def test_the_production_loop_with_a_person_in_it(
+    node_cluster: Any, release: str, toolkit_image: str, serving: int, tmp_path: Path
+) -> None:
+    """drift -> retraining Job -> the challenger becomes champion -> pending -> a person
+    with only the approver role approves -> rollout with zero failed requests."""
+    node_cluster.run_kubectl("label", "namespace", release, "modelyard.io/approval=required")
+    alice = make_user(node_cluster, "alice", tmp_path)
+    node_cluster.run_kubectl(
+        "-n", release, "create", "rolebinding", "alice-approves",
+        "--clusterrole=modelyard-approver", "--user=alice",
+    )  # fmt: skip
+    with mlflow_client(node_cluster, release) as (mlflow, _):
+        first = int(mlflow.get_model_version_by_alias(MODEL, "champion").version)
+    manifest = {
+        "apiVersion": "modelyard.io/v1alpha1",
+        "kind": "ModelDeployment",
+        "metadata": {"name": PRODUCTION},
+        "spec": {
+            "model": {"name": MODEL, "alias": "champion"},
+            "server": {"replicas": 2},
+            # The check's verdict comes from the drift pod below; its CronJob stays idle.
+            "monitoring": {
+                "predictionLog": "file:///tmp/predictions",
+                "drift": {
+                    "schedule": "0 0 1 1 *",
+                    "retrain": {"cronJobName": f"{RELEASE}-modelyard-{RETRAIN_PIPELINE}"},
+                },
+            },
+        },
+    }
+    subprocess.run(
+        [node_cluster.kubectl, "--kubeconfig", str(node_cluster.kubeconfig), "-n", release,
+         "apply", "-f", "-"],
+        input=json.dumps(manifest), text=True, check=True, capture_output=True,
+    )  # fmt: skip
+
+    # The namespace requires approval: even the first version waits, and nothing runs.
+    wait_for(
+        "the first version to wait",
+        lambda: pending_version(node_cluster, release, PRODUCTION) == first,
+        timeout=120,
+    )
+    assert (
+        node_cluster.run_kubectl("-n", release, "get", "deploy", PRODUCTION, check=False).returncode
+        != 0
+    )
+    approved = cli_as(alice, "approve", PRODUCTION, "-n", release, "--comment", "first release")
+    assert approved.returncode == 0, approved.stdout + approved.stderr
+    wait_for(
+        "the first version live",
+        lambda: ready_version(md(node_cluster, release, PRODUCTION)) == first,
+        timeout=600,
+        interval=2,
+    )
+
+    # Drift in what the live version sees: the operator starts the retraining Job.
+    out = run_pod(
+        # Most feature columns shift: dataset drift (at least half of them drifted).
+        node_cluster, release, toolkit_image,
+        DRIFT_SCRIPT.format(model=MODEL, version=first, shift=100),
+        env={"MLFLOW_TRACKING_URI": f"http://{RELEASE}-modelyard-mlflow.{release}.svc:5000"},
+        timeout=600,
+    )  # fmt: skip
+    verdict = json.loads(out.strip().splitlines()[-1])
+    assert verdict["summary"]["dataset_drift"] is True, verdict
+    job = wait_for(
+        "the retraining Job",
+        lambda: (
+            (md(node_cluster, release, PRODUCTION).get("status") or {}).get("drift") or {}
+        ).get("retrainJob"),
+        timeout=120,
+    )
+    done = node_cluster.run_kubectl(
+        "-n", release, "wait", "--for=condition=Complete", f"job/{job}", "--timeout=900s",
+        check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, node_cluster.run_kubectl(
+        "-n", release, "logs", f"job/{job}", check=False
+    ).stdout[-3000:]
+    with mlflow_client(node_cluster, release) as (mlflow, _):
+        challenger = int(mlflow.get_model_version_by_alias(MODEL, "champion").version)
+    assert challenger > first
+    wait_for(
+        "the new champion to wait",
+        lambda: pending_version(node_cluster, release, PRODUCTION) == challenger,
+        timeout=120,
+    )
+    before = node_cluster.run_kubectl(
+        "-n", release, "get", "deploy", PRODUCTION, "-o", "jsonpath={.metadata.resourceVersion}"
+    ).stdout
+    assert ready_version(md(node_cluster, release, PRODUCTION)) == first
+
+    # alice approves under load: the new version rolls out with zero failed requests.
+    with mlflow_client(node_cluster, release) as (_, uri):
+        rows = load_rows(uri, first)
+    seconds = 120
+    script = LOAD_SCRIPT.format(
+        host=f"{PRODUCTION}.{release}.svc.cluster.local", body=rows, rate=25, seconds=seconds
+    )
+    start_pod(node_cluster, release, toolkit_image, script, name="load-prod")
+    phase = ("-n", release, "get", "pod", "load-prod", "-o", "jsonpath={.status.phase}")
+    wait_for(
+        "the load pod to run",
+        lambda: node_cluster.run_kubectl(*phase).stdout == "Running",
+        timeout=120,
+    )
+    assert (
+        node_cluster.run_kubectl(
+            "-n", release, "get", "deploy", PRODUCTION, "-o", "jsonpath={.metadata.resourceVersion}"
+        ).stdout
+        == before
+    )  # still untouched while pending
+    approved = cli_as(alice, "approve", PRODUCTION, "-n", release, "--version", str(challenger))
+    assert approved.returncode == 0, approved.stdout + approved.stderr
+    assert f"alice approves version {challenger}" in approved.stdout
+    wait_for(
+        "the approved version live",
+        lambda: ready_version(md(node_cluster, release, PRODUCTION)) == challenger,
+        timeout=seconds,
+        interval=1,
+    )
+    result = json.loads(wait_pod(node_cluster, release, "load-prod", timeout=seconds + 120).strip())
+    assert result["failed"] == 0, result
+    status = md(node_cluster, release, PRODUCTION)["status"]
+    assert status["history"][0]["version"] == challenger
+    assert status["history"][0]["approvedBy"] == "alice"
+    node_cluster.run_kubectl("label", "namespace", release, "modelyard.io/approval-")
+
+
 def test_helm_uninstall_cleans_up(node_cluster: Any, release: str) -> None:
-    node_cluster.run_kubectl("-n", release, "delete", "md", MODEL, "--wait=true", "--timeout=120s")
+    node_cluster.run_kubectl(
+        "-n", release, "delete", "md", "--all", "--wait=true", "--timeout=120s"
+    )
+    node_cluster.run_kubectl("-n", release, "delete", "modelapprovals,rolebindings", "--all")
     node_cluster.run_kubectl("-n", release, "delete", "pod", "--all", "--wait=true")
     helm = [str(node_cluster.bin_dir / "helm"), "--kubeconfig", str(node_cluster.kubeconfig)]
     subprocess.run([*helm, "uninstall", RELEASE, "-n", release, "--wait"], check=True, timeout=300)

@@ -33,6 +33,11 @@ app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 app.kubernetes.io/part-of: modelyard
 {{- end -}}
 
+{{/* On pods that talk to the registry: MLflow's NetworkPolicy admits only these. */}}
+{{- define "modelyard.registryClientLabel" -}}
+modelyard.io/registry-client: "true"
+{{- end -}}
+
 {{/* Selector labels; pass a dict with "ctx" and "component". */}}
 {{- define "modelyard.selectorLabels" -}}
 app.kubernetes.io/name: {{ include "modelyard.name" .ctx }}
@@ -56,6 +61,15 @@ app.kubernetes.io/component: {{ .component }}
 two namespaces must not share a ClusterRole. */}}
 {{- define "modelyard.operator.clusterName" -}}
 {{- printf "%s-%s-operator" .Release.Namespace (include "modelyard.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/*
+A cluster-scoped role or policy of the approval model. The roles keep their well-known
+names (modelyard-approver, modelyard-editor) when rbac.namePrefix is empty; set it when
+two releases share a cluster.
+*/}}
+{{- define "modelyard.clusterRoleName" -}}
+{{- printf "%smodelyard-%s" .ctx.Values.rbac.namePrefix .role | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
 {{- define "modelyard.mlflow.fullname" -}}
@@ -125,6 +139,15 @@ per watched namespace). No wildcards: tests/unit/chart checks it.
 - apiGroups: [modelyard.io]
   resources: [modeldeployments/status]
   verbs: [get, patch, update]
+- apiGroups: [modelyard.io]
+  resources: [modelapprovals]
+  verbs: [get, list, watch]
+- apiGroups: [modelyard.io]
+  resources: [modelapprovals/status]
+  verbs: [get, patch]
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch]
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch, update, delete]

@@ -6,6 +6,7 @@ manifests (plain dicts) the handlers apply, so they are tested without a cluster
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,7 +74,7 @@ def build_server_deployment(plan: ServerPlan) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "selector": {"matchLabels": dict(plan.selector)},
         "revisionHistoryLimit": 5,
-        "progressDeadlineSeconds": 600,
+        "progressDeadlineSeconds": plan.spec.rollout.progress_deadline_seconds,
         # Never fewer serving pods than asked for while a new version rolls out.
         "strategy": {
             "type": "RollingUpdate",
@@ -209,8 +210,10 @@ class ServerHealth:
     message: str
 
 
-def deployment_health(deployment: dict[str, Any] | None) -> ServerHealth:
-    """Read a server Deployment's status; level-based, no history needed."""
+def deployment_health(deployment: Mapping[str, Any] | None) -> ServerHealth:
+    """Read a server Deployment's status; level-based, no history needed. Ready means
+    serving: every wanted replica available, whichever version it runs (a rolling update
+    with maxUnavailable 0 never serves less)."""
     if deployment is None:
         return ServerHealth(
             False, True, False, "Creating", "the server Deployment is being created"
@@ -225,28 +228,25 @@ def deployment_health(deployment: dict[str, Any] | None) -> ServerHealth:
     total = int(status.get("replicas") or 0)
     conds = {c.get("type"): c for c in status.get("conditions") or []}
     progress = conds.get("Progressing") or {}
+    serving = want > 0 and available >= want
     if progress.get("reason") == "ProgressDeadlineExceeded":
         return ServerHealth(
-            ready=available >= want and want > 0 and updated >= want,
+            ready=serving,
             progressing=False,
             degraded=True,
             reason="ProgressDeadlineExceeded",
             message="the new server pods did not become ready in time: "
             + str(progress.get("message", "")),
         )
-    if observed < int(meta.get("generation") or 0):
-        return ServerHealth(
-            False, True, False, "RollingOut", "the server Deployment is being updated"
-        )
     if want == 0:
         return ServerHealth(False, False, False, "ScaledToZero", "spec.server.replicas is 0")
-    if updated < want or total > updated:
+    if observed < int(meta.get("generation") or 0) or updated < want or total > updated:
         return ServerHealth(
-            ready=False,
+            ready=serving,
             progressing=True,
             degraded=False,
             reason="RollingOut",
-            message=f"{updated}/{want} server pods run the new version",
+            message=f"{updated}/{want} server pods run the new template, {available} ready",
         )
     if available < want:
         return ServerHealth(

@@ -10,8 +10,10 @@ READY = "Ready"
 PROGRESSING = "Progressing"
 DEGRADED = "Degraded"
 MODEL_RESOLVED = "ModelResolved"
+#: Whether the version the reference resolves to may go live (the approval gate).
+APPROVED = "Approved"
 DATA_DRIFT = "DataDrift"
-ALL_TYPES = (READY, PROGRESSING, DEGRADED, MODEL_RESOLVED, DATA_DRIFT)
+ALL_TYPES = (READY, PROGRESSING, DEGRADED, MODEL_RESOLVED, APPROVED, DATA_DRIFT)
 
 
 def now_rfc3339() -> str:

@@ -23,9 +23,18 @@ import kopf
 from kubernetes import client, config
 
 from modelyard.core import contracts as c
+from modelyard.operator.approvals import Decision, unmatched
+from modelyard.operator.children import SERVER_APP
 from modelyard.operator.events import post_event
-from modelyard.operator.reconcile import Key, Operator, release, run_reconcile
-from modelyard.operator.resource import GROUP, KIND, PLURAL, VERSION
+from modelyard.operator.reconcile import Key, Operator, release, run_reconcile, write_answer
+from modelyard.operator.resource import (
+    APPROVAL_KIND,
+    APPROVAL_PLURAL,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+)
 from modelyard.operator.scheduler import Scheduler
 from modelyard.operator.settings import OperatorSettings
 from modelyard.operator.workqueue import WorkQueue
@@ -175,6 +184,64 @@ def on_pdb(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: A
 @kopf.on.event("batch", "v1", "cronjobs", labels=MANAGED_BY)
 def on_cronjob(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     _on_child("CronJob", event, body, memo)
+
+
+@kopf.on.event("v1", "pods", labels=MANAGED_BY)
+def on_pod(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """Server pods: a crashing candidate fails its rollout without waiting for the
+    Deployment's progress deadline."""
+    op: Operator = memo.operator
+    key = _key(body)
+    if event.get("type") == "DELETED":
+        op.store.remove("Pod", *key)
+        return
+    op.store.put("Pod", dict(body))
+    labels = body.get("metadata", {}).get("labels") or {}
+    instance = labels.get(c.LABEL_INSTANCE)
+    if instance and labels.get(c.LABEL_NAME) == SERVER_APP:
+        md = op.store.get(KIND, key[0], instance) or {}
+        if (md.get("status") or {}).get("rollout"):
+            memo.queue.add((key[0], instance))
+
+
+@kopf.on.event("v1", "namespaces")
+def on_namespace(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A namespace's approval label changes the policy of every ModelDeployment in it."""
+    op: Operator = memo.operator
+    name = str(body.get("metadata", {}).get("name"))
+    before = (op.store.get("Namespace", "", name) or {}).get("metadata", {}).get("labels") or {}
+    if event.get("type") == "DELETED":
+        op.store.remove("Namespace", "", name)
+        return
+    op.store.put("Namespace", dict(body))
+    after = body.get("metadata", {}).get("labels") or {}
+    label = c.NAMESPACE_APPROVAL_LABEL
+    if event.get("type") is not None and before.get(label) != after.get(label):
+        for namespace, md in op.store.keys(KIND):
+            if namespace == name:
+                memo.queue.add((namespace, md))
+
+
+@kopf.on.event(GROUP, VERSION, APPROVAL_PLURAL)
+def on_approval(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """A decision: the ModelDeployment it names is reconciled (the gate reads it from
+    the cache); one naming no ModelDeployment is answered as such."""
+    op: Operator = memo.operator
+    key = _key(body)
+    if event.get("type") == "DELETED":
+        op.store.remove(APPROVAL_KIND, *key)
+        return
+    op.store.put(APPROVAL_KIND, dict(body))
+    decision = Decision.from_body(body)
+    if decision is None or decision.answered:
+        return
+    target = decision.spec.model_deployment
+    if op.store.get(KIND, key[0], target) is not None:
+        memo.queue.add((key[0], target))
+    elif event.get("type") is not None:  # not in the listing at start: the cache may lag
+        answer = unmatched(decision, [n for ns, n in op.store.keys(KIND) if ns == key[0]])
+        if answer is not None:
+            write_answer(op, answer)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

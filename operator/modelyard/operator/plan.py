@@ -1,16 +1,43 @@
-"""The plan phase: from a ModelDeployment and what its reference resolved to, decide
-what to apply, what to delete, what to tell (Events, registry tags) and what status to
-write. Pure: no cluster, no registry; the decision tests call it directly.
+"""The plan phase: from a ModelDeployment, what its reference resolved to and what the
+watches show, decide what to apply, what to delete, what to tell (Events, registry tags,
+answers to ModelApprovals) and what status to write. Pure: no cluster, no registry; the
+decision tests call it directly.
+
+Three versions matter:
+
+- the **live** one (``status.model``): serves all the traffic it should;
+- the **candidate**: what the reference resolves to, when it is not the live one. The
+  approval gate (:mod:`~modelyard.operator.approvals`) says whether it may go live; while
+  it may not, it is **pending** (``status.pending``) and the server keeps the live one;
+- the **target**: what the server Deployment runs. The candidate once it may go live
+  (``status.rollout`` tracks it until it runs on every replica and becomes live, or fails
+  and is rolled back), else the live version.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from modelyard.core import contracts as c
 from modelyard.core.registry import ModelVersion, ResolvedModel
 from modelyard.operator import conditions as cond
+from modelyard.operator.approvals import (
+    APPROVED,
+    AWAITING,
+    EXPIRED,
+    NOT_REQUIRED,
+    REJECTED,
+    Answer,
+    Decision,
+    Judgment,
+    decision_tags,
+    judge,
+    stamp,
+)
+from modelyard.operator.approvals import required as approval_required
 from modelyard.operator.children import (
     ServerPlan,
     build_server_deployment,
@@ -28,6 +55,7 @@ from modelyard.operator.monitoring import (
 )
 from modelyard.operator.resolve import Failure, Resolution
 from modelyard.operator.resource import ModelDeploymentSpec
+from modelyard.operator.rollout import COMPLETE, FAILED, progress
 from modelyard.operator.settings import OperatorSettings
 
 HISTORY_LIMIT = 10
@@ -67,6 +95,18 @@ class RetrainIntent:
     version: int
 
 
+@dataclass(frozen=True)
+class Observed:
+    """What the reconcile knows besides the resource and the registry: from the watches."""
+
+    namespace_labels: Mapping[str, str] = field(default_factory=dict)
+    decisions: tuple[Decision, ...] = ()
+    #: The server Deployment and its pods as the watch last delivered them.
+    deployment: Mapping[str, Any] | None = None
+    pods: tuple[Mapping[str, Any], ...] = ()
+    now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+
+
 @dataclass
 class Plan:
     """What one reconcile does; ``status`` is the whole status to write."""
@@ -76,10 +116,15 @@ class Plan:
     delete: list[ChildRef] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
     tags: list[TagChange] = field(default_factory=list)
+    answers: list[Answer] = field(default_factory=list)
     retrain: RetrainIntent | None = None
     failure: Failure | None = None
     #: The server Deployment is applied: its health decides Ready/Progressing/Degraded.
     serves: bool = False
+    #: A rollout failed: (reason, message) for the Degraded condition.
+    degraded: tuple[str, str] | None = None
+    #: A rollout is in progress (Progressing=True, with this message).
+    progressing: str | None = None
     #: Look again after this many seconds even if nothing changes (something awaited).
     requeue_after: float | None = None
 
@@ -105,106 +150,317 @@ def plan_failure(body: dict[str, Any], failure: Failure, reference: str | None) 
     return Plan(status=status, failure=failure)
 
 
+def live_version(live: Mapping[str, Any]) -> ModelVersion | None:
+    """``status.model`` as a version the server can be given (no registry call)."""
+    if not live.get("version") or not live.get("name"):
+        return None
+    return ModelVersion(
+        name=str(live["name"]),
+        version=int(live["version"]),
+        run_id=str(live.get("runId") or ""),
+        source=str(live.get("source") or ""),
+        status="READY",
+    )
+
+
+def _same(a: ModelVersion | None, b: ModelVersion | None) -> bool:
+    return a is not None and b is not None and (a.name, a.version) == (b.name, b.version)
+
+
 def plan_reconcile(
     body: dict[str, Any],
     spec: ModelDeploymentSpec,
     resolution: Resolution,
     settings: OperatorSettings,
-    now: str | None = None,
+    observed: Observed | None = None,
 ) -> Plan:
-    """The plan for one ModelDeployment, given what its reference resolved to."""
+    """The plan for one ModelDeployment; see the module docstring."""
+    observed = observed or Observed()
     if resolution.failure is not None or resolution.model is None or resolution.target is None:
         failure = resolution.failure or Failure("RegistryError", "the reference did not resolve")
         return plan_failure(body, failure, spec.model.label)
-    meta = body["metadata"]
-    namespace, name = meta["namespace"], meta["name"]
-    generation = int(meta.get("generation") or 0)
-    resolved = resolution.model
-    version = resolved.version
-    old = dict(body.get("status") or {})
-    live = dict(old.get("model") or {})
-    now = now or cond.now_rfc3339()
+    return _Planner(body, spec, resolution.model, resolution, settings, observed).build()
 
-    conditions = cond.set_condition(
-        _conditions(old),
-        cond.MODEL_RESOLVED,
-        True,
-        "Resolved",
-        f"{spec.model.label} of model {version.name!r} is version {version.version}",
-        generation,
-    )
-    changed = live.get("version") != version.version or live.get("name") != version.name
-    since = now if changed else str(live.get("since") or now)
 
-    server = ServerPlan(
-        name=name,
-        namespace=namespace,
-        spec=spec,
-        model=version,
-        tracking_uri=resolution.target.tracking_uri,
-        image=spec.server.image or settings.server_image,
-        image_pull_policy=spec.server.image_pull_policy or settings.server_image_pull_policy,
-        prediction_log=spec.monitoring.prediction_log or settings.prediction_log,
-    )
-    plan = Plan(status={}, serves=True)
-    plan.apply += [build_server_deployment(server), build_server_service(server)]
-    for api_version, kind, manifest in (
-        ("autoscaling/v2", "HorizontalPodAutoscaler", build_server_hpa(server)),
-        ("policy/v1", "PodDisruptionBudget", build_server_pdb(server)),
-    ):
-        if manifest is None:
-            plan.delete.append(ChildRef(api_version, kind, name))
+class _Planner:
+    def __init__(
+        self,
+        body: dict[str, Any],
+        spec: ModelDeploymentSpec,
+        resolved: ResolvedModel,
+        resolution: Resolution,
+        settings: OperatorSettings,
+        observed: Observed,
+    ) -> None:
+        meta = body["metadata"]
+        self.body, self.spec, self.resolution = body, spec, resolution
+        self.settings, self.observed = settings, observed
+        self.namespace, self.name = str(meta["namespace"]), str(meta["name"])
+        self.generation = int(meta.get("generation") or 0)
+        self.now = stamp(observed.now)
+        self.resolved = resolved
+        self.candidate = resolved.version
+        self.old = dict(body.get("status") or {})
+        self.live_status = dict(self.old.get("model") or {})
+        self.live = live_version(self.live_status)
+        self.rollout = dict(self.old.get("rollout") or {})
+        self.required = approval_required(spec.rollout.approval, observed.namespace_labels)
+        self.plan = Plan(status={})
+        self.conditions = cond.set_condition(
+            _conditions(self.old),
+            cond.MODEL_RESOLVED,
+            True,
+            "Resolved",
+            f"{spec.model.label} of model {self.candidate.name!r} is version "
+            f"{self.candidate.version}",
+            self.generation,
+        )
+        self.pending: dict[str, Any] | None = None
+        self.history = list(self.old.get("history") or [])
+        self.new_live: dict[str, Any] | None = None
+
+    def event(self, type_: str, reason: str, message: str) -> None:
+        self.plan.events.append(Event(type_, reason, message))
+
+    def approved(self, state: bool, reason: str, message: str) -> None:
+        self.conditions = cond.set_condition(
+            self.conditions, cond.APPROVED, state, reason, message, self.generation
+        )
+
+    def tag(self, version: ModelVersion, tags: Mapping[str, str]) -> None:
+        for key, value in tags.items():
+            self.plan.tags.append(TagChange(version.name, version.version, key, value))
+
+    # ------------------------------------------------------------------ the decision
+    def build(self) -> Plan:
+        target = self.live
+        if _same(self.candidate, self.live):
+            self.steady()
         else:
-            plan.apply.append(manifest)
-    drift_log = _drift_prediction_log(spec, settings)
-    drift = spec.monitoring.drift
-    if drift is not None and drift_log:
-        plan.apply.append(
-            build_drift_cronjob(
-                server,
-                drift,
-                prediction_log=drift_log,
-                image=settings.toolkit_image,
-                image_pull_policy=settings.server_image_pull_policy,
-            )
-        )
-    else:
-        plan.delete.append(ChildRef("batch/v1", "CronJob", drift_cronjob_name(name)))
+            target = self.change()
+        if target is not None:
+            self.plan.serves = True
+            self.children(target)
+        self.plan.tags += self.deployed_tags()
+        self.finish(target)
+        return self.plan
 
-    history = list(old.get("history") or [])
-    if changed:
-        reason = _rollout_reason(spec.model.label, live.get("version"), version.version)
-        history = [
-            {
-                "version": version.version,
-                "runId": version.run_id,
-                "uri": version.uri,
-                "since": since,
-                "reason": reason,
-            },
-            *history,
-        ][:HISTORY_LIMIT]
-        plan.events.append(
-            Event(
+    def steady(self) -> None:
+        """The reference resolves to the live version."""
+        assert self.live is not None
+        if self.rollout:
+            self.event(
                 "Normal",
-                "RollingOut",
-                f"serving model {version.name!r} version {version.version} ({reason})",
+                "RolloutAborted",
+                f"{self.spec.model.label} is version {self.live.version} again: the rollout "
+                f"of version {self.rollout.get('version')} stopped",
             )
-        )
-    plan.tags += _deployed_tags(namespace, name, live, version, since)
+        self.rollout = {}
+        said = cond.get_condition(self.conditions, cond.APPROVED) or {}
+        reason = APPROVED if self.required else NOT_REQUIRED
+        if said.get("status") == "True" and said.get("reason") in (APPROVED, NOT_REQUIRED):
+            reason = str(said["reason"])
+        self.approved(True, reason, f"version {self.live.version} is live")
 
-    conditions, drift_status, retrain = _drift(body, spec, version, old, conditions, drift_log)
-    plan.retrain = retrain
-    plan.status = {
-        "observedGeneration": generation,
-        "reference": spec.model.label,
-        "drift": drift_status,
-        "model": _model_status(resolved, since),
-        "history": history,
-        "url": server_url(name, namespace, settings.cluster_domain),
-        "conditions": conditions,
-    }
-    return plan
+    def change(self) -> ModelVersion | None:
+        """The reference resolves to another version: the gate, then the rollout."""
+        candidate = self.candidate
+        in_flight = (self.rollout.get("name"), self.rollout.get("version")) == (
+            candidate.name,
+            candidate.version,
+        )
+        judgment = Judgment(APPROVED, str(self.rollout.get("approval") or "approved"))
+        if not in_flight:
+            judgment = judge(
+                namespace=self.namespace,
+                name=self.name,
+                candidate=candidate,
+                reference=self.spec.model.label,
+                approval=self.spec.rollout.approval,
+                is_required=self.required,
+                pending=self.old.get("pending"),
+                decisions=self.observed.decisions,
+                now=self.observed.now,
+            )
+            self.plan.answers = judgment.answers
+            self.tag(candidate, judgment.tags)
+        self.approved(judgment.may_go_live, judgment.state, judgment.message)
+        if not judgment.may_go_live:
+            self.rollout = {}
+            self.pending = judgment.pending
+            if judgment.pending_started:
+                self.event("Normal", AWAITING, judgment.message)
+            if judgment.state in (REJECTED, EXPIRED) and judgment.tags:
+                self.event("Warning", judgment.state, judgment.message)
+            return self.live
+        if not in_flight:
+            self.start_rollout(judgment)
+        return self.follow_rollout()
+
+    def start_rollout(self, judgment: Judgment) -> None:
+        candidate = self.candidate
+        reason = _rollout_reason(
+            self.spec.model.label, self.live.version if self.live else None, candidate.version
+        )
+        self.rollout = {
+            "name": candidate.name,
+            "version": candidate.version,
+            "runId": candidate.run_id,
+            "uri": candidate.uri,
+            "source": candidate.source,
+            "datasets": [d.to_status() for d in self.resolved.datasets],
+            "reference": self.spec.model.label,
+            "since": self.now,
+            "reason": reason,
+            "approval": judgment.message,
+        }
+        if judgment.decision is not None:
+            self.rollout["approvedBy"] = judgment.decision.spec.approver
+            self.event("Normal", APPROVED, judgment.message)
+        self.event(
+            "Normal",
+            "RollingOut",
+            f"rolling out model {candidate.name!r} version {candidate.version} ({reason})",
+        )
+
+    def follow_rollout(self) -> ModelVersion | None:
+        candidate = self.candidate
+        state = progress(
+            self.observed.deployment,
+            self.observed.pods,
+            candidate.version,
+            str(self.rollout.get("since") or self.now),
+            self.spec.rollout.progress_deadline_seconds,
+            self.observed.now,
+        )
+        if state.state == COMPLETE:
+            self.new_live = {**self.rollout, "since": self.now}
+            entry = {
+                "version": candidate.version,
+                "runId": candidate.run_id,
+                "uri": candidate.uri,
+                "since": self.now,
+                "reason": str(self.rollout.get("reason", "")),
+            }
+            if self.rollout.get("approvedBy"):
+                entry["approvedBy"] = self.rollout["approvedBy"]
+            self.history = [entry, *self.history][:HISTORY_LIMIT]
+            self.event("Normal", "Live", f"version {candidate.version} is live ({state.message})")
+            self.rollout = {}
+            return candidate
+        if state.state == FAILED and self.live is not None:
+            # Back to what was live; the candidate is not tried again while the
+            # reference still resolves to it (a registry tag records why).
+            message = f"{state.message}; rolled back to version {self.live.version}"
+            self.plan.degraded = ("RolloutFailed", message)
+            self.event("Warning", "RolledBack", message)
+            self.tag(
+                candidate,
+                decision_tags(
+                    self.namespace,
+                    self.name,
+                    c.ApprovalTags.REJECTED,
+                    "",
+                    self.now,
+                    state.message,
+                    "RolloutFailed",
+                ),
+            )
+            self.approved(False, REJECTED, f"version {candidate.version} failed: {message}")
+            self.rollout = {}
+            return self.live
+        if state.state == FAILED:
+            self.plan.degraded = ("RolloutFailed", f"{state.message}; no earlier version")
+        self.rollout = {**self.rollout, "message": state.message}
+        self.plan.progressing = state.message
+        return candidate
+
+    # ------------------------------------------------------------------ the outputs
+    def children(self, target: ModelVersion) -> None:
+        spec, settings = self.spec, self.settings
+        assert self.resolution.target is not None
+        server = ServerPlan(
+            name=self.name,
+            namespace=self.namespace,
+            spec=spec,
+            model=target,
+            tracking_uri=self.resolution.target.tracking_uri,
+            image=spec.server.image or settings.server_image,
+            image_pull_policy=spec.server.image_pull_policy or settings.server_image_pull_policy,
+            prediction_log=spec.monitoring.prediction_log or settings.prediction_log,
+        )
+        self.plan.apply += [build_server_deployment(server), build_server_service(server)]
+        for api_version, kind, manifest in (
+            ("autoscaling/v2", "HorizontalPodAutoscaler", build_server_hpa(server)),
+            ("policy/v1", "PodDisruptionBudget", build_server_pdb(server)),
+        ):
+            if manifest is None:
+                self.plan.delete.append(ChildRef(api_version, kind, self.name))
+            else:
+                self.plan.apply.append(manifest)
+        drift_log = _drift_prediction_log(spec, settings)
+        drift = spec.monitoring.drift
+        if drift is not None and drift_log and _same(target, self.current_live()):
+            # The drift CronJob checks the live version only.
+            self.plan.apply.append(
+                build_drift_cronjob(
+                    server,
+                    drift,
+                    prediction_log=drift_log,
+                    image=settings.toolkit_image,
+                    image_pull_policy=settings.server_image_pull_policy,
+                )
+            )
+        elif drift is None or not drift_log:
+            self.plan.delete.append(ChildRef("batch/v1", "CronJob", drift_cronjob_name(self.name)))
+
+    def current_live(self) -> ModelVersion | None:
+        if self.new_live is not None:
+            return self.candidate
+        return self.live
+
+    def deployed_tags(self) -> list[TagChange]:
+        """The live version carries the deployment's tag, the previous one loses it.
+        Written only when missing: an unchanged deployment makes no registry writes."""
+        key = c.deployed_tag_key(self.namespace, self.name)
+        changes: list[TagChange] = []
+        if self.new_live is not None:
+            if self.live is not None:
+                changes.append(TagChange(self.live.name, self.live.version, key, None))
+            changes.append(TagChange(self.candidate.name, self.candidate.version, key, self.now))
+        elif _same(self.candidate, self.live) and key not in self.candidate.tags:
+            since = str(self.live_status.get("since") or self.now)
+            changes.append(TagChange(self.candidate.name, self.candidate.version, key, since))
+        return changes
+
+    def finish(self, target: ModelVersion | None) -> None:
+        live = self.current_live()
+        model = _model_status(self.new_live) if self.new_live else (self.live_status or None)
+        drift_status: dict[str, Any] | None = self.old.get("drift")
+        if _same(self.candidate, live):
+            # The candidate's tags are the live version's: the drift check's verdict.
+            self.conditions, drift_status, self.plan.retrain = _drift(
+                self.body,
+                self.spec,
+                self.candidate,
+                self.old,
+                self.conditions,
+                _drift_prediction_log(self.spec, self.settings),
+            )
+        elif self.spec.monitoring.drift is None:
+            self.conditions = [x for x in self.conditions if x.get("type") != cond.DATA_DRIFT]
+            drift_status = None
+        self.plan.status = {
+            "observedGeneration": self.generation,
+            "reference": self.spec.model.label,
+            "drift": drift_status,
+            "model": model,
+            "rollout": self.rollout or None,
+            "pending": self.pending,
+            "history": self.history,
+            "url": server_url(self.name, self.namespace, self.settings.cluster_domain),
+            "conditions": self.conditions,
+        }
 
 
 def _drift_prediction_log(spec: ModelDeploymentSpec, settings: OperatorSettings) -> str | None:
@@ -212,21 +468,6 @@ def _drift_prediction_log(spec: ModelDeploymentSpec, settings: OperatorSettings)
     if drift is None:
         return None
     return drift.prediction_log or spec.monitoring.prediction_log or settings.prediction_log
-
-
-def _deployed_tags(
-    namespace: str, name: str, live: dict[str, Any], version: ModelVersion, since: str
-) -> list[TagChange]:
-    """The served version carries the deployment's tag, the previous one loses it. Written
-    only when missing: an unchanged deployment makes no registry writes."""
-    key = c.deployed_tag_key(namespace, name)
-    changes: list[TagChange] = []
-    old_name, old_version = live.get("name"), live.get("version")
-    if old_name and old_version and (old_name, old_version) != (version.name, version.version):
-        changes.append(TagChange(str(old_name), int(old_version), key, None))
-    if key not in version.tags:
-        changes.append(TagChange(version.name, version.version, key, since))
-    return changes
 
 
 def _drift(
@@ -282,17 +523,19 @@ def _drift(
     return conditions, drift_status, retrain
 
 
-def _model_status(resolved: ResolvedModel, since: str) -> dict[str, Any]:
-    version = resolved.version
-    return {
-        "name": version.name,
-        "version": version.version,
-        "runId": version.run_id,
-        "uri": version.uri,
-        "source": version.source,
-        "since": since,
-        "datasets": [d.to_status() for d in resolved.datasets],
+def _model_status(record: Mapping[str, Any]) -> dict[str, Any]:
+    model = {
+        "name": record["name"],
+        "version": record["version"],
+        "runId": record.get("runId", ""),
+        "uri": record.get("uri", ""),
+        "source": record.get("source", ""),
+        "since": record.get("since", ""),
+        "datasets": list(record.get("datasets") or []),
     }
+    if record.get("approvedBy"):
+        model["approvedBy"] = record["approvedBy"]
+    return model
 
 
 def _rollout_reason(label: str, previous: Any, new: int) -> str:

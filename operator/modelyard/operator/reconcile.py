@@ -12,6 +12,7 @@ one :class:`Operator`, created at start-up and kept in kopf's memo, never in a m
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -21,14 +22,16 @@ from typing import Any, cast
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from modelyard.core.contracts import deployed_tag_key
+from modelyard.core import contracts as c
+from modelyard.core.contracts import deployed_tag_key, parse_window
 from modelyard.core.registry import RegistryError
 from modelyard.operator import conditions as cond
-from modelyard.operator.children import deployment_health
+from modelyard.operator.approvals import Answer, Decision, parse_time
+from modelyard.operator.children import SERVER_APP, deployment_health
 from modelyard.operator.kube import ApplyFailed, ChildConflict, Kube
 from modelyard.operator.metrics import OperatorMetrics
 from modelyard.operator.monitoring import build_retrain_job
-from modelyard.operator.plan import Plan, plan_failure, plan_reconcile
+from modelyard.operator.plan import Observed, Plan, plan_failure, plan_reconcile
 from modelyard.operator.resolve import (
     Failure,
     Registries,
@@ -37,6 +40,8 @@ from modelyard.operator.resolve import (
     resolve_model,
 )
 from modelyard.operator.resource import (
+    APPROVAL_KIND,
+    APPROVAL_PLURAL,
     GROUP,
     KIND,
     PLURAL,
@@ -207,7 +212,7 @@ def reconcile(op: Operator, key: Key) -> float | None:
     assert op.resolver is not None
     live = dict((body.get("status") or {}).get("model") or {})
     resolution = resolve_model(op.resolver, spec, namespace, live, op.settings.default_tracking_uri)
-    plan = plan_reconcile(body, spec, resolution, op.settings)
+    plan = plan_reconcile(body, spec, resolution, op.settings, observe_world(op, body))
     if plan.failure is not None:
         op.write_status(body, plan.status)
         logger.info("%s/%s: %s: %s", namespace, name, plan.failure.reason, plan.failure.message)
@@ -229,12 +234,79 @@ def reconcile(op: Operator, key: Key) -> float | None:
         op.write_status(body, status)
         return op.retry_after(key, applied)
 
-    status = observe(plan.status, applied, generation)
+    status = observe(plan, applied, generation)
     op.write_status(body, status)
+    answer_approvals(op, plan)
     for event in plan.events:
         op.event(body, event.type, event.reason, event.message)
     op.succeeded(key)
-    return plan.requeue_after
+    return _look_again(op, spec, plan)
+
+
+def observe_world(op: Operator, body: Mapping[str, Any]) -> Observed:
+    """What the watches show about one ModelDeployment: its namespace's labels, the
+    ModelApprovals there, its server Deployment and pods."""
+    meta = body["metadata"]
+    namespace, name = str(meta["namespace"]), str(meta["name"])
+    ns = op.store.get("Namespace", "", namespace) or {}
+    decisions = tuple(
+        d
+        for d in (Decision.from_body(a) for a in op.store.items(APPROVAL_KIND, namespace=namespace))
+        if d is not None and d.spec.model_deployment == name
+    )
+    pods = tuple(
+        op.store.items(
+            "Pod", namespace=namespace, labels={c.LABEL_INSTANCE: name, c.LABEL_NAME: SERVER_APP}
+        )
+    )
+    return Observed(
+        namespace_labels=dict((ns.get("metadata") or {}).get("labels") or {}),
+        decisions=decisions,
+        deployment=op.store.get("Deployment", namespace, name),
+        pods=pods,
+    )
+
+
+def _look_again(op: Operator, spec: ModelDeploymentSpec, plan: Plan) -> float | None:
+    """A rollout in flight is looked at again even without an event (a version that never
+    gets ready sends none); so is a pending version that can expire."""
+    waits = [plan.requeue_after] if plan.requeue_after else []
+    if plan.progressing is not None:
+        waits.append(min(30.0, op.settings.resolve_interval))
+    pending = plan.status.get("pending")
+    if pending and spec.rollout.approval.expires_after:
+        since = parse_time(pending.get("since"))
+        if since is not None:
+            left = since + parse_window(spec.rollout.approval.expires_after)
+            waits.append(max(1.0, (left - dt.datetime.now(dt.UTC)).total_seconds()))
+    return min(waits) if waits else None
+
+
+def answer_approvals(op: Operator, plan: Plan) -> None:
+    """Write the operator's answer on each ModelApproval it decided about (once)."""
+    for answer in plan.answers:
+        write_answer(op, answer)
+
+
+def write_answer(op: Operator, answer: Answer) -> None:
+    decision = answer.decision
+    status = {"state": answer.state, "message": answer.message, "answeredAt": cond.now_rfc3339()}
+    op.metrics.api_writes.labels("status").inc()
+    try:
+        written = op.custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            decision.namespace,
+            APPROVAL_PLURAL,
+            decision.name,
+            {"status": status},
+            _request_timeout=op.settings.api_timeout,
+        )
+    except ApiException as error:
+        if error.status != 404:
+            logger.warning("could not answer ModelApproval %s: %s", decision.name, error.reason)
+        return
+    op.store.put(APPROVAL_KIND, dict(cast(Mapping[str, Any], written)))
 
 
 def apply_plan(op: Operator, body: dict[str, Any], plan: Plan) -> dict[str, Any] | None | Failure:
@@ -343,72 +415,74 @@ def _start_retrain(op: Operator, body: dict[str, Any], plan: Plan) -> None:
     ]
 
 
-def observe(
-    status: dict[str, Any], deployment: dict[str, Any] | None, generation: int
-) -> dict[str, Any]:
-    """``status`` with Ready, Progressing and Degraded as the server Deployment shows."""
+def observe(plan: Plan, deployment: Mapping[str, Any] | None, generation: int) -> dict[str, Any]:
+    """The plan's status with Ready, Progressing and Degraded as they are: Ready means a
+    live version serves (every wanted replica available); Progressing, a rollout or the
+    Deployment moving; Degraded, a rollout that failed or a Deployment stuck."""
+    status = plan.status
+    conditions = list(status.get("conditions") or [])
     health = deployment_health(deployment)
-    conditions = cond.set_condition(
-        status.get("conditions") or [],
-        cond.READY,
-        health.ready,
-        health.reason,
-        health.message,
-        generation,
-    )
+    live = status.get("model")
+    pending = status.get("pending")
+    if not plan.serves:
+        reason = "AwaitingApproval" if pending else "NotServing"
+        message = (
+            f"no version is live yet: version {pending['version']} awaits approval"
+            if pending
+            else "no version may be served (see the Approved condition)"
+        )
+        ready: tuple[bool, str, str] = (False, reason, message)
+    elif not live:
+        ready = (False, "RollingOut", plan.progressing or "the first version is rolling out")
+    else:
+        ready = (health.ready, health.reason if not health.ready else "Serving", health.message)
+    conditions = cond.set_condition(conditions, cond.READY, *ready, generation)
+    progressing = plan.progressing or (health.message if health.progressing else None)
     conditions = cond.set_condition(
         conditions,
         cond.PROGRESSING,
-        health.progressing,
-        health.reason if health.progressing else "Stable",
-        health.message if health.progressing else "no rollout in progress",
+        progressing is not None,
+        "RollingOut" if progressing is not None else "Stable",
+        progressing or "no rollout in progress",
         generation,
+    )
+    degraded = plan.degraded or (
+        (health.reason, health.message) if health.degraded and plan.serves else None
     )
     conditions = cond.set_condition(
         conditions,
         cond.DEGRADED,
-        health.degraded,
-        health.reason if health.degraded else "AsExpected",
-        health.message if health.degraded else "the server is running as specified",
+        degraded is not None,
+        degraded[0] if degraded else "AsExpected",
+        degraded[1] if degraded else "the server is running as specified",
         generation,
     )
     return {**status, "conditions": conditions}
 
 
-def refresh_health(op: Operator, key: Key, deployment: dict[str, Any]) -> None:
-    """The server Deployment changed: Ready/Progressing/Degraded follow it at once,
-    without asking the registry."""
-    body = op.read(*key)
-    if body is None or body["metadata"].get("deletionTimestamp"):
-        return
-    status = dict(body.get("status") or {})
-    if not status.get("model"):
-        return  # Nothing rolled out yet; reconcile writes the first status.
-    generation = int(status.get("observedGeneration") or 0)
-    old = status.get("conditions") or []
-    new = observe({"conditions": old}, deployment, generation)["conditions"]
-    if new != old:
-        op.write_status(body, {"conditions": new})
-        ready = cond.get_condition(new, cond.READY) or {}
-        was = cond.get_condition(old, cond.READY) or {}
-        if ready.get("status") == "True" and was.get("status") != "True":
-            version = (status.get("model") or {}).get("version")
-            op.event(body, "Normal", "Ready", f"version {version} is serving")
-
-
 def release(op: Operator, body: Mapping[str, Any]) -> None:
-    """On deletion: remove the registry tag of the served version. The children go with
-    their owner references. Raises what kept it from removing the tag."""
-    live = (body.get("status") or {}).get("model") or {}
+    """On deletion: remove the registry tag of the live version, and the pending state of
+    a version awaiting approval (nothing may say a deleted deployment waits for it). The
+    children go with their owner references. Raises what kept it from the registry."""
+    status = body.get("status") or {}
+    live = status.get("model") or {}
+    pending = status.get("pending") or {}
     meta = body["metadata"]
+    namespace, name = str(meta["namespace"]), str(meta["name"])
     op._last_resync.pop(str(meta.get("uid")), None)
-    if not (live.get("name") and live.get("version")):
+    if not (live.get("name") and live.get("version")) and not pending:
         return
     spec = ModelDeploymentSpec.parse(body.get("spec") or {})
-    target = registry_target(spec, meta["namespace"], op.settings.default_tracking_uri)
+    target = registry_target(spec, namespace, op.settings.default_tracking_uri)
     if isinstance(target, Failure):
         raise SpecError(target.message)
     assert op.registries is not None
-    op.registries.client(target).delete_version_tag_if_present(
-        str(live["name"]), int(live["version"]), deployed_tag_key(meta["namespace"], meta["name"])
-    )
+    registry = op.registries.client(target)
+    if live.get("name") and live.get("version"):
+        registry.delete_version_tag_if_present(
+            str(live["name"]), int(live["version"]), deployed_tag_key(namespace, name)
+        )
+    if pending.get("version"):
+        registry.delete_version_tag_if_present(
+            spec.model.name, int(pending["version"]), c.ApprovalTags.key(namespace, name)
+        )

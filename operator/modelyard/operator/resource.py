@@ -18,6 +18,8 @@ GROUP = "modelyard.io"
 VERSION = "v1alpha1"
 PLURAL = "modeldeployments"
 KIND = "ModelDeployment"
+APPROVAL_PLURAL = "modelapprovals"
+APPROVAL_KIND = "ModelApproval"
 
 
 class _Model(BaseModel):
@@ -93,8 +95,22 @@ class Server(_Model):
         return 1 if self.replicas is None else self.replicas
 
 
+class Approval(_Model):
+    """Whether a person must approve a version before it goes live."""
+
+    # None: Automatic, unless the namespace requires approval (its label).
+    policy: Literal["Automatic", "Required"] | None = None
+    # Only these users' decisions count (empty: whoever RBAC lets create ModelApprovals).
+    approvers: tuple[str, ...] = ()
+    # An unanswered pending version is rejected (reason Expired) after this long.
+    expires_after: str | None = Field(default=None, alias="expiresAfter", pattern=WINDOW_PATTERN)
+
+
 class Rollout(_Model):
     strategy: Literal["RollingUpdate"] = "RollingUpdate"
+    approval: Approval = Field(default_factory=Approval)
+    # A new version whose pods are not all ready after this long is rolled back.
+    progress_deadline_seconds: int = Field(default=600, ge=30, alias="progressDeadlineSeconds")
 
 
 class DriftThresholds(_Model):
@@ -146,3 +162,15 @@ class ModelDeploymentSpec(_Model):
 
 class SpecError(ValueError):
     """The spec does not parse (written before the CRD, or with validation off)."""
+
+
+class ApprovalSpec(_Model):
+    """A ModelApproval's spec: a person's decision about one version for one deployment."""
+
+    model_deployment: str = Field(min_length=1, alias="modelDeployment")
+    version: int = Field(ge=1)
+    # The canary step this decision is for (an ``approval`` step); None: the rollout's start.
+    step: int | None = Field(default=None, ge=0)
+    decision: Literal["Approved", "Rejected"]
+    approver: str = Field(min_length=1)
+    comment: str = ""

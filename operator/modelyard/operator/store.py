@@ -58,6 +58,22 @@ class ObjectStore:
             objects = self._objects.get(kind, {})
             return [dict(objects[k]) for k in sorted(keys) if k in objects]
 
+    def items(
+        self, kind: str, *, namespace: str | None = None, labels: Mapping[str, str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Objects of ``kind`` (in ``namespace``, carrying ``labels``), by key."""
+        with self._lock:
+            found = sorted(self._objects.get(kind, {}).items())
+        out = []
+        for (ns, _), body in found:
+            if namespace is not None and ns != namespace:
+                continue
+            have = (body.get("metadata") or {}).get("labels") or {}
+            if labels and any(have.get(k) != v for k, v in labels.items()):
+                continue
+            out.append(dict(body))
+        return out
+
     def keys(self, kind: str) -> list[Key]:
         with self._lock:
             return sorted(self._objects.get(kind, {}))

@@ -84,6 +84,31 @@ def deployed_tag_key(namespace: str, name: str) -> str:
     return f"{DEPLOYED_TAG_PREFIX}/{namespace}/{name}"
 
 
+class ApprovalTags:
+    """Tags on a model version recording a person's decision about it, per ModelDeployment
+    (and the operator's own rejection of a version whose rollout failed)."""
+
+    PREFIX: Final = "modelyard.io/approval"
+    #: The state: PENDING, APPROVED or REJECTED.
+    PENDING: Final = "PendingApproval"
+    APPROVED: Final = "Approved"
+    REJECTED: Final = "Rejected"
+
+    @staticmethod
+    def key(namespace: str, name: str) -> str:
+        return f"{ApprovalTags.PREFIX}/{namespace}/{name}"
+
+    @staticmethod
+    def detail(namespace: str, name: str, what: str) -> str:
+        """``by``, ``at``, ``comment`` and ``reason`` beside the state."""
+        return f"{ApprovalTags.key(namespace, name)}.{what}"
+
+
+#: On a Namespace: every ModelDeployment in it requires approval, whatever its spec says.
+NAMESPACE_APPROVAL_LABEL: Final = "modelyard.io/approval"
+NAMESPACE_APPROVAL_REQUIRED: Final = "required"
+
+
 class DriftTags:
     """Tags the drift check writes on the model version it checked, read by the operator."""
 

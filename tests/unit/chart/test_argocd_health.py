@@ -108,6 +108,24 @@ RESOLVED = ("ModelResolved", "True", "Resolved", "alias champion -> version 3")
             md(("Ready", "True", "Available", "version 3 is serving"), observed=1),
             ("Progressing", "Waiting for the operator to observe generation 2"),
         ),
+        # A new version waits for a person while version 3 keeps serving: paused.
+        (
+            md(
+                RESOLVED,
+                ("Ready", "True", "Serving", "version 3 is serving"),
+                ("Approved", "False", "AwaitingApproval", "version 4 awaits approval"),
+            ),
+            ("Suspended", "version 4 awaits approval"),
+        ),
+        # A rejected version is a decision, not a failure: version 3 serves, healthy.
+        (
+            md(
+                RESOLVED,
+                ("Ready", "True", "Serving", "version 3 is serving"),
+                ("Approved", "False", "Rejected", "version 4 was rejected by bob"),
+            ),
+            ("Healthy", "version 3 is serving"),
+        ),
         (md(), ("Progressing", "Waiting for the operator")),
         (
             {"apiVersion": "modelyard.io/v1alpha1", "kind": "ModelDeployment", "metadata": {}},
@@ -121,6 +139,8 @@ RESOLVED = ("ModelResolved", "True", "Resolved", "alias champion -> version 3")
         "model-not-found",
         "registry-down-while-serving",
         "stale-status",
+        "awaiting-approval",
+        "rejected-version",
         "no-conditions",
         "no-status",
     ],

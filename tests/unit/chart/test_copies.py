@@ -11,14 +11,17 @@ import yaml
 from tests.unit.chart.rendering import CHART, REPO, tool
 
 
-def test_crd_copy_is_identical() -> None:
-    source = REPO / "manifests" / "crds" / "modeldeployments.modelyard.io.yaml"
-    copy = CHART / "crds" / "modeldeployments.modelyard.io.yaml"
-    assert copy.read_bytes() == source.read_bytes(), (
+def test_crd_copies_are_identical() -> None:
+    sources = {p.name: p.read_bytes() for p in (REPO / "manifests" / "crds").glob("*.yaml")}
+    copies = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
+    assert set(sources) == {
+        "modeldeployments.modelyard.io.yaml",
+        "modelapprovals.modelyard.io.yaml",
+    }
+    assert copies == sources, (
         "charts/modelyard/crds/ differs from manifests/crds/: "
-        "cp manifests/crds/modeldeployments.modelyard.io.yaml charts/modelyard/crds/"
+        "cp manifests/crds/*.yaml charts/modelyard/crds/"
     )
-    assert sorted(p.name for p in (CHART / "crds").iterdir()) == [copy.name]
 
 
 def test_sample_pipelines_copy_is_identical() -> None:
@@ -55,6 +58,8 @@ def test_kustomization_builds_crd_and_chart() -> None:
     objects = [o for o in yaml.safe_load_all(built) if o]
     kinds = {(o["kind"], o["metadata"]["name"]) for o in objects}
     assert ("CustomResourceDefinition", "modeldeployments.modelyard.io") in kinds
+    assert ("CustomResourceDefinition", "modelapprovals.modelyard.io") in kinds
+    assert ("ValidatingAdmissionPolicy", "modelyard-approver-is-requester") in kinds
     assert ("Namespace", "modelyard") in kinds
     assert ("Deployment", "modelyard-operator") in kinds
     assert ("Deployment", "modelyard-mlflow") in kinds
@@ -75,7 +80,16 @@ def test_samples_are_model_deployments() -> None:
     assert models["churn"]["model"]["alias"] == "champion"
     assert models["churn-v1"]["model"]["version"] == 1
     assert models["fraud"]["server"]["autoscaling"]["maxReplicas"] == 10
+    assert models["churn-prod"]["rollout"]["approval"]["policy"] == "Required"
+    assert models["churn-prod"]["monitoring"]["drift"]["retrain"]["cronJobName"]
     assert models["fraud"]["registry"]["credentialsSecretRef"] == {"name": "mlflow-credentials"}
 
 
-_CLUSTER_SCOPED = {"Namespace", "CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"}
+_CLUSTER_SCOPED = {
+    "Namespace",
+    "CustomResourceDefinition",
+    "ClusterRole",
+    "ClusterRoleBinding",
+    "ValidatingAdmissionPolicy",
+    "ValidatingAdmissionPolicyBinding",
+}

@@ -14,6 +14,10 @@ RBAC_KINDS = {"Role", "ClusterRole"}
 NAMESPACED = {
     ("modelyard.io", "modeldeployments"): {"get", "list", "watch", "patch", "update"},
     ("modelyard.io", "modeldeployments/status"): {"get", "patch", "update"},
+    # Reads decisions, answers them; never creates one.
+    ("modelyard.io", "modelapprovals"): {"get", "list", "watch"},
+    ("modelyard.io", "modelapprovals/status"): {"get", "patch"},
+    ("", "pods"): {"get", "list", "watch"},
     **{
         (group, resource): {"get", "list", "watch", "create", "patch", "update", "delete"}
         for group, resource in [
@@ -29,11 +33,33 @@ NAMESPACED = {
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
-# kopf observes CRDs and namespaces in both modes.
+# kopf observes CRDs and namespaces in both modes; namespaces' labels say whether
+# approval is required there.
 CLUSTER_READ = {
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
-    ("", "namespaces"): {"list", "watch"},
+    ("", "namespaces"): {"get", "list", "watch"},
 }
+#: The roles of the approval model (docs/approval.md): separate, neither includes the other.
+EDITOR = {
+    ("modelyard.io", "modeldeployments"): {
+        "get", "list", "watch", "create", "update", "patch", "delete"
+    },
+    ("modelyard.io", "modelapprovals"): {"get", "list", "watch"},
+}  # fmt: skip
+APPROVER = {
+    ("modelyard.io", "modelapprovals"): {"get", "list", "watch", "create"},
+    ("modelyard.io", "modeldeployments"): {"get", "list", "watch"},
+    ("authentication.k8s.io", "selfsubjectreviews"): {"create"},
+}
+
+
+def operator_role(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    [role] = [
+        o
+        for o in find(objects, "ClusterRole")
+        if o["metadata"]["labels"]["app.kubernetes.io/component"] == "operator"
+    ]
+    return role
 
 
 def permissions(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
@@ -61,7 +87,7 @@ def test_cluster_wide_mode() -> None:
     objects = render()
     assert find(objects, "Role") == []
     assert find(objects, "RoleBinding") == []
-    role = one(objects, "ClusterRole")
+    role = operator_role(objects)
     assert permissions(role) == {**NAMESPACED, **CLUSTER_READ}
     binding = one(objects, "ClusterRoleBinding")
     assert binding["roleRef"] == {
@@ -92,7 +118,7 @@ def test_namespaced_mode() -> None:
             {"kind": "ServiceAccount", "name": "my-modelyard-operator", "namespace": "ml"}
         ]
     # Cluster-wide, only the reads kopf needs.
-    assert permissions(one(objects, "ClusterRole")) == CLUSTER_READ
+    assert permissions(operator_role(objects)) == CLUSTER_READ
     container = one(objects, "Deployment", "my-modelyard-operator")["spec"]["template"]["spec"][
         "containers"
     ][0]
@@ -103,6 +129,40 @@ def test_namespaced_mode() -> None:
 
 
 def test_cluster_scoped_names_include_the_namespace() -> None:
-    first = one(render(namespace="a"), "ClusterRole")["metadata"]["name"]
-    second = one(render(namespace="b"), "ClusterRole")["metadata"]["name"]
+    first = operator_role(render(namespace="a"))["metadata"]["name"]
+    second = operator_role(render(namespace="b"))["metadata"]["name"]
     assert first != second
+
+
+def test_the_approval_roles_keep_approving_apart_from_editing() -> None:
+    objects = render()
+    editor = one(objects, "ClusterRole", "modelyard-editor")
+    approver = one(objects, "ClusterRole", "modelyard-approver")
+    assert permissions(editor) == EDITOR
+    assert permissions(approver) == APPROVER
+    # Anyone with the built-in edit role edits ModelDeployments; approving stays apart.
+    assert editor["metadata"]["labels"]["rbac.authorization.k8s.io/aggregate-to-edit"] == "true"
+    assert not any(
+        k.startswith("rbac.authorization.k8s.io/aggregate") for k in approver["metadata"]["labels"]
+    )
+    prefixed = render("--set", "rbac.namePrefix=team-")
+    assert one(prefixed, "ClusterRole", "team-modelyard-approver")
+
+
+def test_the_admission_policies() -> None:
+    objects = render()
+    policies = {o["metadata"]["name"]: o for o in find(objects, "ValidatingAdmissionPolicy")}
+    bindings = {
+        o["spec"]["policyName"]: o["spec"]["validationActions"]
+        for o in find(objects, "ValidatingAdmissionPolicyBinding")
+    }
+    assert bindings == {name: ["Deny"] for name in policies}
+    approver = policies["modelyard-approver-is-requester"]["spec"]
+    assert approver["validations"][0]["expression"] == (
+        "object.spec.approver == request.userInfo.username"
+    )
+    required = policies["modelyard-approval-required"]["spec"]
+    assert required["matchConstraints"]["namespaceSelector"] == {
+        "matchLabels": {"modelyard.io/approval": "required"}
+    }
+    assert not find(render("--set", "admissionPolicies.enabled=false"), "ValidatingAdmissionPolicy")

@@ -70,12 +70,20 @@ def test_operator(default_objects: list[dict[str, Any]]) -> None:
     assert c["command"] == ["modelyard", "operator"]
     assert "--liveness=http://0.0.0.0:8080/healthz" in c["args"]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert c["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
+    assert c["ports"] == [
+        {"name": "health", "containerPort": 8080, "protocol": "TCP"},
+        {"name": "metrics", "containerPort": 8081, "protocol": "TCP"},
+    ]
+    assert deployment["spec"]["template"]["metadata"]["labels"]["modelyard.io/registry-client"] == (
+        "true"
+    )
     env = env_of(c)
     assert env["MODELYARD_DEFAULT_TRACKING_URI"] == MLFLOW_URL
     assert env["MODELYARD_SERVER_IMAGE"] == "modelyard/server:0.1.0"
     assert env["MODELYARD_SERVER_IMAGE_PULL_POLICY"] == "IfNotPresent"
     assert env["MODELYARD_RESOLVE_INTERVAL"] == "30"
+    assert env["MODELYARD_METRICS_PORT"] == "8081"
+    assert env["MODELYARD_TOOLKIT_IMAGE"] == "modelyard/toolkit:0.1.0"
     assert pod_spec(deployment)["serviceAccountName"] == OPERATOR
     service = one(default_objects, "Service", OPERATOR)
     assert service["spec"]["ports"][0]["port"] == 8080

@@ -144,7 +144,9 @@ def dep_status(**status: Any) -> dict[str, Any]:
     [
         (None, False, "Creating"),
         (dep_status(observedGeneration=1), False, "RollingOut"),
-        (dep_status(replicas=3, updatedReplicas=1, availableReplicas=2), False, "RollingOut"),
+        # Still serving on every wanted replica while the rolling update runs.
+        (dep_status(replicas=3, updatedReplicas=1, availableReplicas=2), True, "RollingOut"),
+        (dep_status(replicas=2, updatedReplicas=1, availableReplicas=1), False, "RollingOut"),
         (dep_status(replicas=2, updatedReplicas=2, availableReplicas=1), False, "PodsNotReady"),
         (dep_status(replicas=2, updatedReplicas=2, availableReplicas=2), True, "Serving"),
         (
@@ -154,7 +156,7 @@ def dep_status(**status: Any) -> dict[str, Any]:
                 availableReplicas=2,
                 conditions=[{"type": "Progressing", "reason": "ProgressDeadlineExceeded"}],
             ),
-            False,
+            True,  # the old pods still serve; Degraded says what went wrong
             "ProgressDeadlineExceeded",
         ),
     ],
