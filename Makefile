@@ -24,7 +24,7 @@ $(VENV)/.installed: pyproject.toml locks/bootstrap.txt locks/dev.txt
 .PHONY: venv
 venv: $(VENV)/.installed ## Create or update .venv with the package and its test extras
 
-.PHONY: lint
+.PHONY: lint security
 lint: venv ## ruff, mypy (strict) and the import contracts (lint-imports)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
@@ -35,8 +35,13 @@ lint: venv ## ruff, mypy (strict) and the import contracts (lint-imports)
 test: venv lint ## Lint, unit, integration and e2e tests (installs and starts what they need)
 	hack/deps.sh
 	hack/build-tools.sh node
-	$(VENV)/bin/pytest tests/unit tests/integration $(PYTEST_ARGS)
+	$(VENV)/bin/pytest tests/unit tests/integration tests/security $(PYTEST_ARGS)
 	$(MAKE) e2e
+
+security: venv ## The security tier: each attack of docs/security.md against real parts
+	hack/deps.sh
+	hack/build-tools.sh node
+	$(VENV)/bin/pytest tests/security $(PYTEST_ARGS)
 
 # CLUSTER=kind runs the e2e tests on kind (needs a Docker engine), else the built-in node.
 CLUSTER ?= local

@@ -66,7 +66,10 @@ kubectl -n "$ns" create configmap demo-predict --from-file=predict.py=hack/demo/
 kubectl -n "$ns" apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Pod
-metadata: {name: demo-predict}
+metadata:
+  name: demo-predict
+  # MLflow's NetworkPolicy admits the toolkit's registry clients only (docs/security.md).
+  labels: {modelyard.io/registry-client: "true"}
 spec:
   restartPolicy: Never
   automountServiceAccountToken: false
@@ -79,6 +82,10 @@ spec:
       env:
         - {name: DEMO_NAMESPACE, value: $ns}
         - {name: MLFLOW_TRACKING_URI, value: "http://$prefix-mlflow.$ns.svc.cluster.local:5000"}
+        # The model servers' read-only registry user.
+        - {name: MLFLOW_TRACKING_USERNAME, value: modelyard-server}
+        - name: MLFLOW_TRACKING_PASSWORD
+          valueFrom: {secretKeyRef: {name: $prefix-registry-credentials, key: server-password}}
       securityContext:
         allowPrivilegeEscalation: false
         readOnlyRootFilesystem: true
@@ -105,7 +112,8 @@ Send more:
   kubectl -n $ns port-forward svc/churn 8000:80 &
   curl -s localhost:8000/invocations -H 'Content-Type: application/json' \
     -d @.modelyard/demo-request.json
-  kubectl -n $ns port-forward svc/$prefix-mlflow 5000:5000   # MLflow UI
+  kubectl -n $ns port-forward svc/$prefix-mlflow 5000:5000   # MLflow UI, user admin:
+  kubectl -n $ns get secret $prefix-registry-credentials -o jsonpath='{.data.admin-password}' | base64 -d
   kubectl get md -A
 
 Clean up:

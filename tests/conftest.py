@@ -93,7 +93,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
     proc, log = start_mlflow_server(root, port)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{url}/health", 90, proc, log)
+        wait_http(f"{url}/health", 240, proc, log)
         yield MlflowServer(url=url, root=root)
     finally:
         stop_process(proc)

@@ -52,6 +52,7 @@ COMPONENT_CLIS = (
     ("modelyard.serving", "modelyard.serving.cli"),
     ("modelyard.pipelines", "modelyard.pipelines.cli"),
     ("modelyard.pipelines", "modelyard.pipelines.drift.cli"),
+    ("modelyard.pipelines", "modelyard.pipelines.registry_cli"),
 )
 
 

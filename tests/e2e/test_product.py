@@ -21,11 +21,18 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from modelyard.core.contracts import RegistryUsers
 from tests.e2e.conftest import RETRAIN_PIPELINE
 from tests.support.incluster import E2E_RELEASE as RELEASE
-from tests.support.incluster import port_forward, run_pod, start_pod, wait_pod
+from tests.support.incluster import (
+    port_forward,
+    registry_password,
+    run_pod,
+    start_pod,
+    wait_pod,
+)
 from tests.support.kube import wait_for
-from tests.support.models import mlflow_uri
+from tests.support.models import mlflow_uri, registry_login
 from tests.support.users import User, make_user
 
 # Setting up the release (images loaded, chart installed) takes minutes on 2 cores.
@@ -35,10 +42,15 @@ MODEL = "churn"
 
 
 @contextmanager
-def mlflow_client(cluster: Any, ns: str) -> Iterator[Any]:
+def mlflow_client(cluster: Any, ns: str, user: str = RegistryUsers.ADMIN) -> Iterator[Any]:
+    """MLflow through `kubectl port-forward`, logged in as ``user`` (the chart's registry
+    has users: docs/security.md)."""
     from mlflow import MlflowClient
 
-    with port_forward(cluster, ns, f"svc/{RELEASE}-modelyard-mlflow", 5000) as port:
+    with (
+        registry_login(user, registry_password(cluster, ns, user)),
+        port_forward(cluster, ns, f"svc/{RELEASE}-modelyard-mlflow", 5000) as port,
+    ):
         uri = f"http://localhost:{port}"
         yield MlflowClient(tracking_uri=uri, registry_uri=uri), uri
 
@@ -305,6 +317,7 @@ def test_drift_check_runs_in_the_cluster_and_its_report_exists(
         toolkit_image,
         DRIFT_SCRIPT.format(model=MODEL, version=version, shift=2),
         env={"MLFLOW_TRACKING_URI": f"http://{RELEASE}-modelyard-mlflow.{release}.svc:5000"},
+        registry_user=RegistryUsers.DRIFT,
         timeout=600,
     )
     result = json.loads(out.strip().splitlines()[-1])
@@ -398,6 +411,7 @@ def test_the_production_loop_with_a_person_in_it(
         node_cluster, release, toolkit_image,
         DRIFT_SCRIPT.format(model=MODEL, version=first, shift=100),
         env={"MLFLOW_TRACKING_URI": f"http://{RELEASE}-modelyard-mlflow.{release}.svc:5000"},
+        registry_user=RegistryUsers.DRIFT,
         timeout=600,
     )  # fmt: skip
     verdict = json.loads(out.strip().splitlines()[-1])

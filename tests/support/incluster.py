@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import subprocess
@@ -39,12 +40,34 @@ def run_pod(
     timeout: float = 300,
     name: str | None = None,
     env: dict[str, str] | None = None,
+    registry_user: str | None = None,
 ) -> str:
     """Run ``python3 -c script`` in a one-shot restricted pod; return its output.
     Fails the test with the pod's log when the script fails."""
     name = name or f"run-{uuid.uuid4().hex[:8]}"
-    start_pod(cluster, namespace, image, script, name=name, env=env)
+    start_pod(cluster, namespace, image, script, name=name, env=env, registry_user=registry_user)
     return wait_pod(cluster, namespace, name, timeout=timeout)
+
+
+def registry_credentials_secret(release: str = E2E_RELEASE) -> str:
+    """The chart's registry credentials Secret (docs/security.md)."""
+    return f"{release}-modelyard-registry-credentials"
+
+
+def registry_password(cluster: Any, namespace: str, user: str) -> str:
+    """``user``'s registry password, read from the Secret as an administrator would."""
+    from modelyard.core.contracts import RegistryUsers
+
+    out = cluster.run_kubectl(
+        "-n",
+        namespace,
+        "get",
+        "secret",
+        registry_credentials_secret(),
+        "-o",
+        f"jsonpath={{.data.{RegistryUsers.password_key(user)}}}",
+    )
+    return base64.b64decode(out.stdout).decode()
 
 
 def start_pod(
@@ -55,11 +78,23 @@ def start_pod(
     *,
     name: str,
     env: dict[str, str] | None = None,
+    registry_user: str | None = None,
+    labels: dict[str, str] | None = None,
 ) -> None:
+    """A one-shot restricted pod running ``python3 -c script``. With ``registry_user``,
+    it is one of the toolkit's registry clients: labelled so MLflow's NetworkPolicy
+    admits it, logged in as that user with the password from the credentials Secret."""
+    from modelyard.core.contracts import LABEL_REGISTRY_CLIENT, RegistryUsers
+
+    pod_labels = {"app.kubernetes.io/part-of": "modelyard-e2e", **(labels or {})}
+    credentials: list[dict[str, Any]] = []
+    if registry_user is not None:
+        pod_labels[LABEL_REGISTRY_CLIENT] = "true"
+        credentials = RegistryUsers.env(registry_credentials_secret(), registry_user)
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": name, "labels": {"app.kubernetes.io/part-of": "modelyard-e2e"}},
+        "metadata": {"name": name, "labels": pod_labels},
         "spec": {
             "restartPolicy": "Never",
             "automountServiceAccountToken": False,
@@ -73,6 +108,7 @@ def start_pod(
                     "env": [
                         {"name": "HOME", "value": "/tmp"},
                         *({"name": k, "value": v} for k, v in (env or {}).items()),
+                        *credentials,
                     ],
                     "securityContext": RESTRICTED_CONTAINER,
                     "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],

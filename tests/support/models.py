@@ -8,6 +8,7 @@ is used under a lock, with the tracking URI restored afterwards.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 import uuid
@@ -47,6 +48,26 @@ def mlflow_uri(tracking_uri: str) -> Iterator[None]:
             yield
         finally:
             mlflow.set_tracking_uri(previous)
+
+
+@contextmanager
+def registry_login(user: str | None, password: str | None = None) -> Iterator[None]:
+    """MLflow's client (which reads MLFLOW_TRACKING_USERNAME/PASSWORD at each request)
+    signed in as ``user`` for a while; ``None``: no credentials at all."""
+    keys = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+    saved = {k: os.environ.get(k) for k in keys}
+    for key in keys:
+        os.environ.pop(key, None)
+    if user is not None:
+        os.environ.update(zip(keys, (user, password or ""), strict=True))
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def small_frame(seed: int = 1, rows: int = 60) -> tuple[pd.DataFrame, pd.Series]:

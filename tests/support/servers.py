@@ -120,14 +120,51 @@ class MlflowServer:
     root: Path
 
 
-def start_mlflow_server(root: Path, port: int) -> tuple[subprocess.Popen[bytes], Path]:
+def start_mlflow_server(
+    root: Path, port: int, *, auth: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """``mlflow server`` on SQLite under ``root``. With ``auth`` (each user's password,
+    as the credentials Secret holds them), its users are created first by ``modelyard
+    registry init-users`` and the server runs its basic-auth app, as the chart does."""
     root.mkdir(parents=True, exist_ok=True)
     log = root / "mlflow-server.log"
     mlflow_bin = shutil.which("mlflow", path=str(VENV_BIN)) or "mlflow"
+    # As the chart runs it: without MLflow's job runners (GenAI jobs; a dozen processes).
+    env = subprocess_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    extra: list[str] = []
+    if auth is not None:
+        from modelyard.core.contracts import RegistryUsers
+
+        secret_dir = root / "registry-credentials"
+        secret_dir.mkdir(exist_ok=True)
+        for user, password in auth.items():
+            (secret_dir / RegistryUsers.password_key(user)).write_text(password)
+        config = root / "basic_auth.ini"
+        config.write_text(
+            "[mlflow]\n"
+            "default_permission = READ\n"
+            f"database_uri = sqlite:///{root / 'basic_auth.db'}\n"
+            "admin_username = admin\n"
+            "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n"
+        )
+        env = {
+            **env,
+            "MLFLOW_AUTH_CONFIG_PATH": str(config),
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": "test-flask-secret-key",
+        }
+        modelyard_bin = shutil.which("modelyard", path=str(VENV_BIN)) or "modelyard"
+        subprocess.run(
+            [modelyard_bin, "registry", "init-users", "--credentials", str(secret_dir)],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        extra = ["--app-name", "basic-auth"]
     proc = subprocess.Popen(
         [
             mlflow_bin,
             "server",
+            *extra,
             "--backend-store-uri",
             f"sqlite:///{root / 'mlflow.db'}",
             "--artifacts-destination",
@@ -142,7 +179,7 @@ def start_mlflow_server(root: Path, port: int) -> tuple[subprocess.Popen[bytes],
         ],
         stdout=log.open("wb"),
         stderr=subprocess.STDOUT,
-        env=subprocess_env(),
+        env=env,
         start_new_session=True,
     )
     return proc, log

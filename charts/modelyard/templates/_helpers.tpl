@@ -103,6 +103,31 @@ true
 {{- end -}}
 {{- end -}}
 
+{{/*
+The Secret with the registry users' passwords (docs/security.md): yours
+(mlflow.auth.existingSecret), or the one the operator creates with random passwords.
+Empty when the chart's MLflow runs without users.
+*/}}
+{{- define "modelyard.registryCredentials" -}}
+{{- if and .Values.mlflow.enabled .Values.mlflow.auth.enabled -}}
+{{- default (printf "%s-registry-credentials" (include "modelyard.fullname" .)) .Values.mlflow.auth.existingSecret -}}
+{{- end -}}
+{{- end -}}
+
+{{/* A component's registry user, as environment variables MLflow's client reads. */}}
+{{- define "modelyard.registryUserEnv" -}}
+{{- $secret := include "modelyard.registryCredentials" .ctx -}}
+{{- if $secret }}
+- name: MLFLOW_TRACKING_USERNAME
+  value: modelyard-{{ .user }}
+- name: MLFLOW_TRACKING_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret }}
+      key: {{ .user }}-password
+{{- end }}
+{{- end -}}
+
 {{- define "modelyard.image" -}}
 {{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) -}}
 {{- end -}}
@@ -165,7 +190,12 @@ per watched namespace). No wildcards: tests/unit/chart checks it.
   verbs: [get, list, watch, create, patch, update, delete]
 - apiGroups: [""]
   resources: [secrets]
-  verbs: [get]
+  # get: spec.registry.credentialsSecretRef; create/patch/delete: each ModelDeployment's
+  # servers' and drift check's registry credentials, beside them (owned by it).
+  verbs: [get, create, patch, delete]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch, create, patch, update, delete]
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]

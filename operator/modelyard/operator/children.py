@@ -35,6 +35,11 @@ class ServerPlan:
     image: str
     image_pull_policy: str
     prediction_log: str | None = None
+    #: The Secret with the registry credentials of the servers and of the drift check:
+    #: ``spec.registry.credentialsSecretRef``, or the ones the operator writes beside the
+    #: ModelDeployment for the installation's registry; None: no credentials.
+    credentials_secret: str | None = None
+    drift_credentials_secret: str | None = None
 
     @property
     def selector(self) -> dict[str, str]:
@@ -61,9 +66,10 @@ def server_env(plan: ServerPlan) -> list[dict[str, Any]]:
     ]
     if plan.prediction_log:
         env.append({"name": c.ServerEnv.PREDICTION_LOG, "value": plan.prediction_log})
-    secret = plan.spec.registry.credentials_secret_ref
-    if secret is not None:
-        env.extend(pods.credential_env(secret.name))
+    if plan.spec.server.allow_pickle:
+        env.append({"name": c.ServerEnv.ALLOW_PICKLE, "value": "true"})
+    if plan.credentials_secret is not None:
+        env.extend(pods.credential_env(plan.credentials_secret))
     env.extend({"name": e.name, "value": e.value} for e in plan.spec.server.env)
     return env
 
@@ -82,7 +88,7 @@ def build_server_deployment(plan: ServerPlan) -> dict[str, Any]:
         },
         "template": {
             "metadata": {
-                "labels": dict(plan.labels),
+                "labels": {**plan.labels, c.LABEL_REGISTRY_CLIENT: "true"},
                 "annotations": {
                     c.ANNOTATION_MODEL_URI: plan.model.uri,
                     c.ANNOTATION_MODEL_VERSION: str(plan.model.version),
@@ -192,6 +198,28 @@ def build_server_pdb(plan: ServerPlan) -> dict[str, Any] | None:
         "kind": "PodDisruptionBudget",
         "metadata": _meta(plan),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": dict(plan.selector)}},
+    }
+
+
+def build_server_network_policy(plan: ServerPlan, client_namespaces: list[str]) -> dict[str, Any]:
+    """Who may call the servers: pods of their own namespace and of ``client_namespaces``
+    (the installation's own, and those its values allow). Everything else is refused
+    where the cluster enforces NetworkPolicy; the kubelet's probes come from the node and
+    are not affected."""
+    peers: list[dict[str, Any]] = [{"podSelector": {}}]
+    peers += [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}
+        for ns in sorted(set(client_namespaces) - {plan.namespace})
+    ]
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(plan),
+        "spec": {
+            "podSelector": {"matchLabels": dict(plan.selector)},
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": peers, "ports": [{"port": c.SERVER_PORT, "protocol": "TCP"}]}],
+        },
     }
 
 

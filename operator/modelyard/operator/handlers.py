@@ -23,8 +23,10 @@ import kopf
 from kubernetes import client, config
 
 from modelyard.core import contracts as c
+from modelyard.core.redaction import install_log_redaction, redact_uri
 from modelyard.operator.approvals import Decision, unmatched
 from modelyard.operator.children import SERVER_APP
+from modelyard.operator.credentials import ensure_accounts
 from modelyard.operator.events import post_event
 from modelyard.operator.reconcile import Key, Operator, release, run_reconcile, write_answer
 from modelyard.operator.resource import (
@@ -66,6 +68,8 @@ def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
 def configure(
     *, settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.Logger, **_: Any
 ) -> None:
+    # No credentials in a log line, whoever writes it (docs/security.md).
+    install_log_redaction()
     # Our own names for what kopf keeps on the objects.
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
@@ -79,8 +83,22 @@ def configure(
     settings.posting.level = logging.WARNING
     ours = OperatorSettings.from_env()
     api_client = _kube_api_client()
+    accounts = None
+    if ours.credentials_secret_ref is not None:
+        namespace, name = ours.credentials_secret_ref
+        # Raises until the Secret can be read (or created): kopf retries the start-up.
+        accounts = ensure_accounts(
+            client.CoreV1Api(api_client),
+            namespace,
+            name,
+            create=ours.registry_credentials_create,
+            timeout=ours.api_timeout,
+        )
     op = Operator(
-        settings=ours, api_client=api_client, post_event=functools.partial(post_event, api_client)
+        settings=ours,
+        api_client=api_client,
+        post_event=functools.partial(post_event, api_client),
+        accounts=accounts,
     )
     queue: WorkQueue[Key] = WorkQueue(
         lambda key: run_reconcile(op, key),
@@ -102,7 +120,7 @@ def configure(
         "server image %s",
         ours.resolve_interval,
         ours.reconcile_workers,
-        ours.default_tracking_uri or "(none)",
+        redact_uri(ours.default_tracking_uri) if ours.default_tracking_uri else "(none)",
         ours.server_image,
     )
 
@@ -184,6 +202,13 @@ def on_pdb(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: A
 @kopf.on.event("batch", "v1", "cronjobs", labels=MANAGED_BY)
 def on_cronjob(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     _on_child("CronJob", event, body, memo)
+
+
+@kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=MANAGED_BY)
+def on_network_policy(
+    *, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
+    _on_child("NetworkPolicy", event, body, memo)
 
 
 @kopf.on.event("v1", "pods", labels=MANAGED_BY)

@@ -80,9 +80,10 @@ def build_drift_cronjob(
         {"name": "HOME", "value": "/tmp"},
         {"name": "MPLCONFIGDIR", "value": "/tmp/matplotlib"},
     ]
-    secret = plan.spec.registry.credentials_secret_ref
-    if secret is not None:
-        env.extend(pods.credential_env(secret.name))
+    if plan.spec.server.allow_pickle:  # the drift check loads the model too
+        env.append({"name": c.ServerEnv.ALLOW_PICKLE, "value": "true"})
+    if plan.drift_credentials_secret is not None:
+        env.extend(pods.credential_env(plan.drift_credentials_secret))
     container: dict[str, Any] = {
         "name": "drift",
         "image": image,
@@ -135,7 +136,7 @@ def build_drift_cronjob(
                     },
                     "template": {
                         "metadata": {
-                            "labels": dict(labels),
+                            "labels": {**labels, c.LABEL_REGISTRY_CLIENT: "true"},
                             "annotations": {
                                 c.ANNOTATION_MODEL_URI: plan.model.uri,
                                 c.ANNOTATION_MODEL_VERSION: str(plan.model.version),

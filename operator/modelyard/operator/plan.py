@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelyard.core import contracts as c
+from modelyard.core import pods
 from modelyard.core.registry import ModelVersion, ResolvedModel
 from modelyard.operator import conditions as cond
 from modelyard.operator.approvals import (
@@ -39,13 +40,16 @@ from modelyard.operator.approvals import (
 )
 from modelyard.operator.approvals import required as approval_required
 from modelyard.operator.children import (
+    SERVER_APP,
     ServerPlan,
     build_server_deployment,
     build_server_hpa,
+    build_server_network_policy,
     build_server_pdb,
     build_server_service,
     server_url,
 )
+from modelyard.operator.credentials import RegistryAccounts, build_credentials_secret
 from modelyard.operator.monitoring import (
     DriftResult,
     assess,
@@ -105,6 +109,9 @@ class Observed:
     deployment: Mapping[str, Any] | None = None
     pods: tuple[Mapping[str, Any], ...] = ()
     now: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
+    #: The installation's registry users (when its registry has users): the servers and
+    #: the drift check of a ModelDeployment on that registry get theirs in a Secret.
+    accounts: RegistryAccounts | None = None
 
 
 @dataclass
@@ -352,7 +359,7 @@ class _Planner:
             # Back to what was live; the candidate is not tried again while the
             # reference still resolves to it (a registry tag records why).
             message = f"{state.message}; rolled back to version {self.live.version}"
-            self.plan.degraded = ("RolloutFailed", message)
+            self.plan.degraded = (state.reason, message)
             self.event("Warning", "RolledBack", message)
             self.tag(
                 candidate,
@@ -363,14 +370,14 @@ class _Planner:
                     "",
                     self.now,
                     state.message,
-                    "RolloutFailed",
+                    state.reason,
                 ),
             )
             self.approved(False, REJECTED, f"version {candidate.version} failed: {message}")
             self.rollout = {}
             return self.live
         if state.state == FAILED:
-            self.plan.degraded = ("RolloutFailed", f"{state.message}; no earlier version")
+            self.plan.degraded = (state.reason, f"{state.message}; no earlier version")
         self.rollout = {**self.rollout, "message": state.message}
         self.plan.progressing = state.message
         return candidate
@@ -379,6 +386,8 @@ class _Planner:
     def children(self, target: ModelVersion) -> None:
         spec, settings = self.spec, self.settings
         assert self.resolution.target is not None
+        drift = spec.monitoring.drift
+        server_secret, drift_secret = self.credentials_secrets(drift is not None)
         server = ServerPlan(
             name=self.name,
             namespace=self.namespace,
@@ -388,8 +397,14 @@ class _Planner:
             image=spec.server.image or settings.server_image,
             image_pull_policy=spec.server.image_pull_policy or settings.server_image_pull_policy,
             prediction_log=spec.monitoring.prediction_log or settings.prediction_log,
+            credentials_secret=server_secret,
+            drift_credentials_secret=drift_secret,
         )
         self.plan.apply += [build_server_deployment(server), build_server_service(server)]
+        if settings.network_policies:
+            self.plan.apply.append(build_server_network_policy(server, settings.client_namespaces))
+        else:
+            self.plan.delete.append(ChildRef("networking.k8s.io/v1", "NetworkPolicy", self.name))
         for api_version, kind, manifest in (
             ("autoscaling/v2", "HorizontalPodAutoscaler", build_server_hpa(server)),
             ("policy/v1", "PodDisruptionBudget", build_server_pdb(server)),
@@ -399,7 +414,6 @@ class _Planner:
             else:
                 self.plan.apply.append(manifest)
         drift_log = _drift_prediction_log(spec, settings)
-        drift = spec.monitoring.drift
         if drift is not None and drift_log and _same(target, self.current_live()):
             # The drift CronJob checks the live version only.
             self.plan.apply.append(
@@ -413,6 +427,31 @@ class _Planner:
             )
         elif drift is None or not drift_log:
             self.plan.delete.append(ChildRef("batch/v1", "CronJob", drift_cronjob_name(self.name)))
+
+    def credentials_secrets(self, monitored: bool) -> tuple[str | None, str | None]:
+        """The Secrets the servers and the drift check take registry credentials from: the
+        one the spec names, or, on the installation's registry with users, one each that
+        the operator writes here with only that component's user."""
+        ref = self.spec.registry.credentials_secret_ref
+        if ref is not None:
+            return ref.name, ref.name
+        accounts = self.observed.accounts
+        assert self.resolution.target is not None
+        names = (c.server_credentials_secret(self.name), c.drift_credentials_secret(self.name))
+        if accounts is None or not self.resolution.target.installation:
+            self.plan.delete += [ChildRef("v1", "Secret", n) for n in names]
+            return None, None
+        labels = pods.app_labels(SERVER_APP, self.name, "registry-credentials")
+        users = [(names[0], c.RegistryUsers.SERVER)]
+        if monitored:
+            users.append((names[1], c.RegistryUsers.DRIFT))
+        else:
+            self.plan.delete.append(ChildRef("v1", "Secret", names[1]))
+        for secret, user in users:
+            self.plan.apply.append(
+                build_credentials_secret(secret, self.namespace, labels, accounts.credentials(user))
+            )
+        return names[0], names[1] if monitored else None
 
     def current_live(self) -> ModelVersion | None:
         if self.new_live is not None:

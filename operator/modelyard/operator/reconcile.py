@@ -28,6 +28,7 @@ from modelyard.core.registry import RegistryError
 from modelyard.operator import conditions as cond
 from modelyard.operator.approvals import Answer, Decision, parse_time
 from modelyard.operator.children import SERVER_APP, deployment_health
+from modelyard.operator.credentials import RegistryAccounts
 from modelyard.operator.kube import ApplyFailed, ChildConflict, Kube
 from modelyard.operator.metrics import OperatorMetrics
 from modelyard.operator.monitoring import build_retrain_job
@@ -35,6 +36,7 @@ from modelyard.operator.plan import Observed, Plan, plan_failure, plan_reconcile
 from modelyard.operator.resolve import (
     Failure,
     Registries,
+    RegistryPolicy,
     Resolver,
     registry_target,
     resolve_model,
@@ -76,6 +78,8 @@ class Operator:
     registries: Registries | None = None
     resolver: Resolver | None = None
     kube: Kube | None = None
+    #: The installation's registry users, when its registry has users.
+    accounts: RegistryAccounts | None = None
     #: When the children were last applied regardless of their hash, by owner uid; the
     #: first such resync is a resync period after the start.
     _last_resync: dict[str, float] = field(default_factory=dict)
@@ -88,6 +92,9 @@ class Operator:
                 self.api_client,
                 timeout=self.settings.registry_timeout,
                 api_timeout=self.settings.api_timeout,
+                own_credentials=(
+                    self.accounts.credentials(c.RegistryUsers.OPERATOR) if self.accounts else None
+                ),
             )
         if self.resolver is None:
             self.resolver = Resolver(
@@ -98,6 +105,9 @@ class Operator:
                 self.api_client, self.store, self.settings.api_timeout, metrics=self.metrics
             )
         self.custom = client.CustomObjectsApi(self.api_client)
+        self.policy = RegistryPolicy.from_settings(
+            self.settings.default_tracking_uri, self.settings.allowed_registries
+        )
 
     # ------------------------------------------------------------------ the resource
     def read(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -211,7 +221,7 @@ def reconcile(op: Operator, key: Key) -> float | None:
 
     assert op.resolver is not None
     live = dict((body.get("status") or {}).get("model") or {})
-    resolution = resolve_model(op.resolver, spec, namespace, live, op.settings.default_tracking_uri)
+    resolution = resolve_model(op.resolver, spec, namespace, live, op.policy)
     plan = plan_reconcile(body, spec, resolution, op.settings, observe_world(op, body))
     if plan.failure is not None:
         op.write_status(body, plan.status)
@@ -264,6 +274,7 @@ def observe_world(op: Operator, body: Mapping[str, Any]) -> Observed:
         decisions=decisions,
         deployment=op.store.get("Deployment", namespace, name),
         pods=pods,
+        accounts=op.accounts,
     )
 
 
@@ -343,7 +354,7 @@ def _write_tags(op: Operator, body: Mapping[str, Any], plan: Plan) -> None:
         return
     assert op.registries is not None
     spec = ModelDeploymentSpec.parse(body.get("spec") or {})
-    target = registry_target(spec, body["metadata"]["namespace"], op.settings.default_tracking_uri)
+    target = registry_target(spec, body["metadata"]["namespace"], op.policy)
     if isinstance(target, Failure):
         return
     try:
@@ -432,6 +443,8 @@ def observe(plan: Plan, deployment: Mapping[str, Any] | None, generation: int) -
             else "no version may be served (see the Approved condition)"
         )
         ready: tuple[bool, str, str] = (False, reason, message)
+    elif not live and plan.degraded:  # the first version failed (e.g. UnsafeModelFormat)
+        ready = (False, *plan.degraded)
     elif not live:
         ready = (False, "RollingOut", plan.progressing or "the first version is rolling out")
     else:
@@ -473,7 +486,7 @@ def release(op: Operator, body: Mapping[str, Any]) -> None:
     if not (live.get("name") and live.get("version")) and not pending:
         return
     spec = ModelDeploymentSpec.parse(body.get("spec") or {})
-    target = registry_target(spec, namespace, op.settings.default_tracking_uri)
+    target = registry_target(spec, namespace, op.policy)
     if isinstance(target, Failure):
         raise SpecError(target.message)
     assert op.registries is not None

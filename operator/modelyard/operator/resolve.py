@@ -34,10 +34,13 @@ from modelyard.operator.resource import ModelDeploymentSpec
 
 @dataclass(frozen=True)
 class RegistryTarget:
-    """A registry, and the Secret (namespace, name) whose credentials are used with it."""
+    """A registry, and the Secret (namespace, name) whose credentials are used with it;
+    ``installation``: the installation's own registry, spoken to with the operator's own
+    registry user when no Secret is named."""
 
     tracking_uri: str
     secret: tuple[str, str] | None = None
+    installation: bool = False
 
 
 @dataclass(frozen=True)
@@ -78,7 +81,10 @@ class Registries:
         api_timeout: float = 30.0,
         secret_ttl: float = 30.0,
         opener: Callable[..., Registry] = open_registry,
+        own_credentials: Credentials | None = None,
     ) -> None:
+        #: The operator's own registry user, sent only to the installation's registry.
+        self.own_credentials = own_credentials or Credentials()
         self._core = client.CoreV1Api(api_client)
         self._timeout = timeout
         self._api_timeout = api_timeout
@@ -114,7 +120,12 @@ class Registries:
         return found
 
     def client(self, target: RegistryTarget) -> Registry:
-        creds = self.credentials(*target.secret) if target.secret else Credentials()
+        if target.secret:
+            creds = self.credentials(*target.secret)
+        elif target.installation:
+            creds = self.own_credentials
+        else:
+            creds = Credentials()
         key = (target.tracking_uri, creds)
         with self._lock:
             found = self._clients.get(key)
@@ -210,10 +221,105 @@ def registry_label(tracking_uri: str) -> str:
         return "invalid"
 
 
+@dataclass(frozen=True)
+class _Origin:
+    scheme: str
+    host: str
+    port: int
+    path: str
+
+    @classmethod
+    def parse(cls, uri: str, *, any_port: bool = False) -> _Origin | str:
+        """The parts of an http(s) registry URI that the allow-list compares, or why the
+        URI is not one a registry may have (credentials, a query or a fragment in it).
+        With ``any_port``, an allow-list entry may say ``host:*`` (port 0: every port)."""
+        from urllib.parse import urlsplit
+
+        text = uri.strip()
+        wildcard = False
+        if any_port:
+            head, sep, tail = text.partition("://")
+            host, slash, path = tail.partition("/")
+            if sep and host.endswith(":*"):
+                text, wildcard = f"{head}://{host[:-2]}{slash}{path}", True
+        try:
+            parts = urlsplit(text)
+            port = 0 if wildcard else parts.port
+        except ValueError:
+            return "is not a valid URL"
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return "is not an http:// or https:// URL"
+        if parts.username is not None or parts.password is not None:
+            return "carries credentials (use spec.registry.credentialsSecretRef)"
+        if parts.query or parts.fragment or uri.rstrip().endswith(("?", "#")):
+            return "has a query or fragment (a tracking URI is scheme://host[:port][/path])"
+        if port is None:
+            port = 443 if parts.scheme == "https" else 80
+        return cls(parts.scheme, parts.hostname.lower(), port, parts.path.rstrip("/"))
+
+    def covers(self, other: _Origin) -> bool:
+        same_host = (self.scheme, self.host) == (other.scheme, other.host) and (
+            self.port in (0, other.port)
+        )
+        return same_host and (
+            not self.path or other.path == self.path or other.path.startswith(self.path + "/")
+        )
+
+
+@dataclass(frozen=True)
+class RegistryPolicy:
+    """Which registries ModelDeployments may use: the operator's default one and those
+    its installation lists (``MODELYARD_ALLOWED_REGISTRIES``). A URI outside them is
+    refused before any request is made, so neither a request nor a Secret's credentials
+    reach a host the installation did not name."""
+
+    default: str | None = None
+    allowed: tuple[str, ...] = ()
+
+    @classmethod
+    def from_settings(cls, default: str | None, allowed: str) -> RegistryPolicy:
+        listed = tuple(x for x in allowed.replace(",", " ").split() if x)
+        return cls(default or None, listed)
+
+    def _origins(self) -> list[_Origin]:
+        found = []
+        for entry in (self.default, *self.allowed):
+            parsed = _Origin.parse(entry, any_port=True) if entry else None
+            if isinstance(parsed, _Origin):
+                found.append(parsed)
+        return found
+
+    def is_default(self, uri: str) -> bool:
+        """``uri`` is the installation's own registry (the same scheme, host, port, path)."""
+        if not self.default:
+            return False
+        mine, theirs = _Origin.parse(self.default), _Origin.parse(uri)
+        return uri == self.default or (isinstance(mine, _Origin) and mine == theirs)
+
+    def check(self, uri: str) -> Failure | None:
+        parsed = _Origin.parse(uri)
+        if isinstance(parsed, str):
+            return Failure(
+                "RegistryNotAllowed",
+                f"spec.registry.trackingUri {parsed}; no request was sent",
+                permanent=True,
+            )
+        if any(origin.covers(parsed) for origin in self._origins()):
+            return None
+        return Failure(
+            "RegistryNotAllowed",
+            f"registry {parsed.scheme}://{parsed.host}:{parsed.port} is not allowed by this "
+            "installation; no request was sent. Use the default registry (leave "
+            "spec.registry.trackingUri unset) or ask the operator's administrators to add "
+            "it to the chart's operator.allowedRegistries",
+            permanent=True,
+        )
+
+
 def registry_target(
-    spec: ModelDeploymentSpec, namespace: str, default_tracking_uri: str | None
+    spec: ModelDeploymentSpec, namespace: str, policy: RegistryPolicy
 ) -> RegistryTarget | Failure:
-    uri = spec.registry.tracking_uri or default_tracking_uri
+    uri = spec.registry.tracking_uri or policy.default
     if not uri:
         return Failure(
             "NoRegistry",
@@ -221,8 +327,14 @@ def registry_target(
             "MODELYARD_DEFAULT_TRACKING_URI)",
             permanent=True,
         )
+    if spec.registry.tracking_uri:
+        refused = policy.check(spec.registry.tracking_uri)
+        if refused is not None:
+            return refused
     secret = spec.registry.credentials_secret_ref
-    return RegistryTarget(uri, (namespace, secret.name) if secret else None)
+    if secret is not None:
+        return RegistryTarget(uri, (namespace, secret.name))
+    return RegistryTarget(uri, None, installation=policy.is_default(uri))
 
 
 def resolve_model(
@@ -230,13 +342,13 @@ def resolve_model(
     spec: ModelDeploymentSpec,
     namespace: str,
     live: dict[str, Any],
-    default_tracking_uri: str | None,
+    policy: RegistryPolicy,
     *,
     max_age: float | None = None,
 ) -> Resolution:
     """The resolve phase for one ModelDeployment whose live model is ``live``
     (``status.model``): the version its reference points to, with lineage."""
-    target = registry_target(spec, namespace, default_tracking_uri)
+    target = registry_target(spec, namespace, policy)
     if isinstance(target, Failure):
         return Resolution(None, failure=target)
     ref = spec.model.to_reference()

@@ -86,6 +86,8 @@ class Server(_Model):
     resources: dict[str, dict[str, int | str]] = Field(default_factory=dict)
     autoscaling: Autoscaling | None = None
     env: tuple[EnvVar, ...] = ()
+    # Load formats that run code (docs/security.md).
+    allow_pickle: bool = Field(default=False, alias="allowPickle")
 
     @property
     def desired_replicas(self) -> int:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from modelyard.core import contracts as c
+from modelyard.core.model_safety import REASON as UNSAFE
 
 #: A candidate pod restarted this often has failed (a model that cannot load).
 CRASH_RESTARTS = 3
@@ -23,9 +24,20 @@ PROGRESSING = "Progressing"
 FAILED = "Failed"
 
 
+#: Why a candidate failed, on the ModelDeployment's conditions and the rejection tag.
+ROLLOUT_FAILED = "RolloutFailed"
+
+
 @dataclass(frozen=True)
 class Progress:
     state: str
+    message: str
+    reason: str = ROLLOUT_FAILED
+
+
+@dataclass(frozen=True)
+class Crash:
+    reason: str
     message: str
 
 
@@ -42,7 +54,7 @@ def _pod_version(pod: Mapping[str, Any]) -> str | None:
     return str(value) if value is not None else None
 
 
-def crashing(pods: Iterable[Mapping[str, Any]], version: int) -> str | None:
+def crashing(pods: Iterable[Mapping[str, Any]], version: int) -> Crash | None:
     """Why the pods of ``version`` are failing, if they are."""
     for pod in pods:
         if _pod_version(pod) != str(version):
@@ -50,16 +62,27 @@ def crashing(pods: Iterable[Mapping[str, Any]], version: int) -> str | None:
         for status in (pod.get("status") or {}).get("containerStatuses") or []:
             restarts = int(status.get("restartCount") or 0)
             waiting = ((status.get("state") or {}).get("waiting") or {}).get("reason")
-            terminated = (status.get("lastState") or {}).get("terminated") or {}
+            terminated = (status.get("lastState") or {}).get("terminated") or (
+                (status.get("state") or {}).get("terminated") or {}
+            )
+            said = str(terminated.get("message") or "").strip()
+            if said.startswith(f"{UNSAFE}:"):
+                # The server refused the model before loading it: no restart changes that.
+                return Crash(UNSAFE, said.removeprefix(f"{UNSAFE}:").strip())
             if restarts >= CRASH_RESTARTS or waiting in ("CrashLoopBackOff", "ErrImageNeverPull"):
                 why = terminated.get("reason") or waiting or "restarts"
                 code = terminated.get("exitCode")
-                return (
+                return Crash(
+                    ROLLOUT_FAILED,
                     f"pod {pod['metadata']['name']} of version {version} restarted {restarts} "
                     f"times ({why}{f', exit code {code}' if code is not None else ''})"
+                    + (f": {said.splitlines()[0][:300]}" if said else ""),
                 )
             if waiting in ("ImagePullBackOff", "ErrImagePull", "InvalidImageName"):
-                return f"pod {pod['metadata']['name']} cannot get its image ({waiting})"
+                return Crash(
+                    ROLLOUT_FAILED,
+                    f"pod {pod['metadata']['name']} cannot get its image ({waiting})",
+                )
     return None
 
 
@@ -76,7 +99,7 @@ def progress(
         return Progress(PROGRESSING, f"rolling out version {version}")
     crash = crashing(pods, version)
     if crash is not None:
-        return Progress(FAILED, crash)
+        return Progress(FAILED, crash.message, crash.reason)
     spec = deployment.get("spec") or {}
     status = deployment.get("status") or {}
     generation = int((deployment.get("metadata") or {}).get("generation") or 0)

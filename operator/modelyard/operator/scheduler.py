@@ -58,7 +58,7 @@ def followed_references(op: Operator) -> dict[Group, list[Key]]:
         ref = spec.model.to_reference()
         if not ref.is_floating and spec.monitoring.drift is None:
             continue  # a pinned version never moves
-        target = registry_target(spec, namespace, op.settings.default_tracking_uri)
+        target = registry_target(spec, namespace, op.policy)
         if isinstance(target, RegistryTarget):
             groups[(target, ref)].append((namespace, name))
     return groups

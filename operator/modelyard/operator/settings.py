@@ -15,6 +15,11 @@ class OperatorSettings(BaseModel):
 
     # MODELYARD_DEFAULT_TRACKING_URI: registry used when spec.registry.trackingUri is unset.
     default_tracking_uri: str | None = None
+    # MODELYARD_ALLOWED_REGISTRIES: other registries ModelDeployments may name in
+    # spec.registry.trackingUri, comma-separated (scheme://host[:port][/path prefix]). The
+    # default registry is always allowed; nothing else is, so a spec cannot make the
+    # operator send requests (and a Secret's credentials) to a host of its choosing.
+    allowed_registries: str = ""
     # MODELYARD_SERVER_IMAGE: model server image when spec.server.image is unset.
     server_image: str = c.SERVER_IMAGE
     # MODELYARD_SERVER_IMAGE_PULL_POLICY
@@ -34,8 +39,36 @@ class OperatorSettings(BaseModel):
     registry_timeout: float = Field(default=10.0, gt=0)
     # MODELYARD_API_TIMEOUT: seconds a Kubernetes API call may take.
     api_timeout: float = Field(default=30.0, gt=0)
+    # MODELYARD_REGISTRY_CREDENTIALS: "namespace/name" of the Secret with the passwords of
+    # the installation's registry users (docs/security.md); empty: the registry has none.
+    registry_credentials: str = ""
+    # MODELYARD_REGISTRY_CREDENTIALS_CREATE: create that Secret, with random passwords,
+    # when it is missing.
+    registry_credentials_create: bool = True
+    # MODELYARD_NETWORK_POLICIES: render a NetworkPolicy beside each ModelDeployment's
+    # servers, admitting only their own namespace and MODELYARD_SERVER_CLIENT_NAMESPACES.
+    network_policies: bool = True
+    # MODELYARD_SERVER_CLIENT_NAMESPACES: comma-separated namespaces whose pods may call
+    # every model server (the installation's own namespace, Prometheus's, ...).
+    server_client_namespaces: str = ""
     # MODELYARD_METRICS_PORT: port of the operator's Prometheus /metrics (0: not served).
     metrics_port: int = Field(default=8081, ge=0, le=65535)
+
+    @property
+    def client_namespaces(self) -> list[str]:
+        return [x for x in self.server_client_namespaces.replace(",", " ").split() if x]
+
+    @property
+    def credentials_secret_ref(self) -> tuple[str, str] | None:
+        if not self.registry_credentials:
+            return None
+        namespace, _, name = self.registry_credentials.partition("/")
+        if not namespace or not name:
+            raise ValueError(
+                "MODELYARD_REGISTRY_CREDENTIALS must be namespace/name, got "
+                f"{self.registry_credentials!r}"
+            )
+        return namespace, name
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:

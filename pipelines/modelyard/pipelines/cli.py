@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.console import Console
 
+from modelyard.core.redaction import redact_text, redact_uri
+
 if TYPE_CHECKING:
     from rich.table import Table
 
@@ -142,7 +144,7 @@ def _summary_table(result: PipelineRunResult) -> Table:
             _duration(step.duration),
             str(step.result.get("rows_written", "")),
             str(step.result.get("rows_quarantined", "")),
-            details,
+            redact_text(details),
         )
     return table
 
@@ -223,7 +225,8 @@ def register(app: typer.Typer) -> None:
         partition_index = int(index_text) if index_text and step else None
         console.print(
             f"pipeline [bold]{pipeline.name}[/]: {len(pipeline.order)} steps, "
-            f"run date {settings.run_date}, lake {settings.lake}, tracking {settings.tracking_uri}"
+            f"run date {settings.run_date}, lake {redact_uri(str(settings.lake))}, "
+            f"tracking {redact_uri(settings.tracking_uri)}"
         )
         title = f"pipeline {pipeline.name}"
         # Stopped from outside (kill, the CronJob's deadline): unwind, so the runner
@@ -249,7 +252,9 @@ def register(app: typer.Typer) -> None:
                 f"(under {settings.lake}/_quarantine)"
             )
         if summary_json is not None:
-            summary_json.write_text(json.dumps(_summary_json(result), indent=2, default=str))
+            summary_json.write_text(
+                redact_text(json.dumps(_summary_json(result), indent=2, default=str))
+            )
         if not result.succeeded:
             raise typer.Exit(1)
 
@@ -319,6 +324,14 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(help="Secret whose keys become environment variables (credentials)."),
         ] = None,
+        registry_credentials: Annotated[
+            str | None,
+            typer.Option(
+                help="The installation's registry credentials Secret (Helm: "
+                "<release>-modelyard-registry-credentials): the pods log in to MLflow as "
+                "modelyard-pipelines. See docs/security.md."
+            ),
+        ] = None,
         service_account: Annotated[str | None, typer.Option()] = None,
         pipeline_path: Annotated[
             str | None,
@@ -364,6 +377,7 @@ def register(app: typer.Typer) -> None:
             lake_pvc=lake_pvc,
             tracking_uri=tracking_uri,
             env_secret=env_secret,
+            registry_credentials=registry_credentials,
             service_account=service_account,
             skip_steps=list(skip or []),
             suspend=suspend,

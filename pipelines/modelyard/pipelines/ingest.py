@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 from typing import Any, Literal
 
 import fsspec
@@ -167,6 +168,22 @@ def _dig(document: Any, dotted: str) -> Any:
     return document
 
 
+#: Headers that carry credentials: sent only to the source's own host.
+_CREDENTIAL_HEADERS = re.compile(
+    r"^(authorization|proxy-authorization|cookie)$|(api[-_]?key|token|secret|auth)", re.IGNORECASE
+)
+
+
+def headers_for(target: httpx.URL, first: httpx.URL, headers: dict[str, str]) -> dict[str, str]:
+    """The headers a request to ``target`` carries: all of them on the source's own origin
+    (scheme, host and port of the first URL); without credentials anywhere else, so a
+    ``next`` link naming another host never receives them (as `requests` does on
+    redirects)."""
+    if (target.scheme, target.host, target.port) == (first.scheme, first.host, first.port):
+        return dict(headers)
+    return {k: v for k, v in headers.items() if not _CREDENTIAL_HEADERS.search(k)}
+
+
 def fetch_json_records(
     url: str,
     records_path: str,
@@ -184,12 +201,17 @@ def fetch_json_records(
         query[pagination.size_param] = pagination.size
     next_url: str | None = url
     pages = 0
+    first = httpx.URL(url)
     transport = httpx.HTTPTransport(retries=3)
-    with httpx.Client(transport=transport, headers=headers, timeout=timeout_seconds) as client:
+    with httpx.Client(transport=transport, timeout=timeout_seconds) as client:
         while next_url is not None:
             if pages >= pagination.max_pages:
                 raise RuntimeError(f"{url}: more than {pagination.max_pages} pages; stopping")
-            response = client.get(next_url, params=query if next_url == url else None)
+            target = httpx.URL(next_url)
+            if next_url == url and query:
+                # Added to the source URL's own query (an API key in it stays).
+                target = target.copy_merge_params(query)
+            response = client.get(target, headers=headers_for(target, first, headers or {}))
             response.raise_for_status()
             document = response.json()
             page_records = document if records_path == "" else _dig(document, records_path)

@@ -40,6 +40,10 @@ class RenderOptions:
     lake_pvc: str | None = None
     tracking_uri: str | None = None
     env_secret: str | None = None
+    # The installation's registry credentials Secret (docs/security.md): the pods log in
+    # as the pipelines' user and grant the operator and drift users EDIT on the models
+    # they register.
+    registry_credentials: str | None = None
     service_account: str | None = None
     starting_deadline_seconds: int = 600
     backoff_limit: int = 1
@@ -111,6 +115,10 @@ def _pod_spec(
         env.append({"name": c.PipelineEnv.LAKE, "value": lake})
     if options.tracking_uri:
         env.append({"name": c.TRACKING_URI_ENV, "value": options.tracking_uri})
+    if options.registry_credentials:
+        users = c.RegistryUsers
+        env.extend(users.env(options.registry_credentials, users.PIPELINES))
+        env.append({"name": users.MODEL_EDITORS_ENV, "value": ",".join(users.MODEL_EDITORS)})
     env.extend(extra_env or [])
     mounts: list[dict[str, Any]] = [pods.tmp_mount()]
     volumes: list[dict[str, Any]] = [pods.tmp_volume()]
@@ -185,7 +193,8 @@ def build_cronjob(spec: PipelineSpec, options: RenderOptions) -> dict[str, Any]:
         "activeDeadlineSeconds": _deadline(spec, options, spec.steps),
         "ttlSecondsAfterFinished": options.ttl_seconds_after_finished,
         "template": {
-            "metadata": {"labels": _labels(spec)},
+            # MLflow's NetworkPolicy admits the toolkit's registry clients only.
+            "metadata": {"labels": {**_labels(spec), c.LABEL_REGISTRY_CLIENT: "true"}},
             "spec": _pod_spec(spec, options, args, resources),
         },
     }
@@ -240,7 +249,7 @@ def build_indexed_job(
             "activeDeadlineSeconds": deadline,
             "ttlSecondsAfterFinished": options.ttl_seconds_after_finished,
             "template": {
-                "metadata": {"labels": labels},
+                "metadata": {"labels": {**labels, c.LABEL_REGISTRY_CLIENT: "true"}},
                 "spec": _pod_spec(spec, options, args, resources, extra_env),
             },
         },

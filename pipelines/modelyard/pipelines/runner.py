@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from typing import Any
 
+from modelyard.core.redaction import install_log_redaction, redact_text
 from modelyard.pipelines.context import INDEX_ENV, RunSettings, StepContext
 from modelyard.pipelines.definition import Pipeline, resolve_function
 
@@ -113,6 +114,7 @@ def _attempt_entry(
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s {context.step} %(levelname)s %(message)s"
     )
+    install_log_redaction()
     try:
         function = resolve_function(function_path)
         outcome = function(context, **arguments)
@@ -122,7 +124,7 @@ def _attempt_entry(
             raise TypeError(f"{function_path} returned {type(outcome).__name__}, not a dict")
         connection.send(("ok", outcome))
     except BaseException as error:  # everything, KeyboardInterrupt included, is reported
-        text = "".join(traceback.format_exception_only(type(error), error)).strip()
+        text = redact_text("".join(traceback.format_exception_only(type(error), error)).strip())
         logger.error("step failed:\n%s", traceback.format_exc())
         connection.send(("error", text))
     finally:

@@ -31,6 +31,7 @@ from modelyard.core.artifacts import download_version
 from modelyard.core.registry import Credentials, NewVersion, Registry, open_registry
 from modelyard.pipelines.context import StepContext
 from modelyard.pipelines.lake import Partition, read_partition, select_partitions
+from modelyard.pipelines.registry_accounts import grant_model, model_editors
 
 logger = logging.getLogger(__name__)
 
@@ -300,6 +301,7 @@ def train_model(
     logger.info("run %s: holdout roc_auc %.4f", run.run_id, metrics["roc_auc"])
     return {
         "run_id": run.run_id,
+        "experiment_id": run.experiment_id,
         "model_uri": f"models:/{model_id}",
         "model_id": model_id,
         "model_source": model_source,
@@ -405,6 +407,20 @@ def register_and_promote(
         )
     )
     version = registry.wait_ready(name, created.version).version
+    editors = model_editors()
+    if editors:  # a registry with users: the operator and drift checks may tag it
+        granted = grant_model(ctx.settings.tracking_uri, name, editors)
+        if granted:
+            logger.info("%s: granted EDIT to %s", name, ", ".join(granted))
+        # ...and the drift checks log their runs in the training run's experiment.
+        writers = [u for u in editors if u in c.RegistryUsers.RUN_WRITERS]
+        if writers:
+            experiment = str(trained["experiment_id"])
+            granted = grant_model(
+                ctx.settings.tracking_uri, experiment, writers, resource_type="experiment"
+            )
+            if granted:
+                logger.info("experiment %s: granted EDIT to %s", experiment, ", ".join(granted))
     registry.set_alias(name, CHALLENGER, version)
 
     challenger_score = _holdout_score(registry, name, version, trained, metric)

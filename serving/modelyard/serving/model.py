@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from modelyard.core import contracts as c
+from modelyard.core.model_safety import check_model_format
 from modelyard.core.registry import Credentials, ModelReference, Registry, open_registry
 from modelyard.serving.payload import Array, InputSchema
 
@@ -91,10 +92,27 @@ class ServedModel:
                 self._wants_frame = hasattr(estimator, "feature_names_in_")
 
     @classmethod
-    def load(cls, uri: str, name: str | None = None, version: str | None = None) -> ServedModel:
+    def load(
+        cls,
+        uri: str,
+        name: str | None = None,
+        version: str | None = None,
+        *,
+        allow_pickle: bool = False,
+    ) -> ServedModel:
+        """Load the model at ``uri``; one whose format runs code only with
+        ``allow_pickle`` (:class:`UnsafeModelFormat` before anything is deserialized)."""
+        import mlflow.models
         import mlflow.pyfunc
 
         identity = resolve_model_identity(uri, name, version)
+        # Only the MLmodel file is read here, not the model's files.
+        flavors = mlflow.models.get_model_info(uri).flavors
+        check_model_format(
+            flavors,
+            allow_pickle=allow_pickle,
+            model=f"model {identity.name} version {identity.version}",
+        )
         logger.info("loading model %s (%s version %s)", uri, identity.name, identity.version)
         return cls(mlflow.pyfunc.load_model(uri), identity)
 

@@ -31,6 +31,8 @@ from starlette.routing import Route
 
 from modelyard.core import contracts as c
 from modelyard.core.contracts import ServerEnv
+from modelyard.core.model_safety import UnsafeModelFormat
+from modelyard.core.redaction import redact_text
 from modelyard.serving.batching import BatchShed, PredictionBatcher
 from modelyard.serving.metrics import ServerMetrics
 from modelyard.serving.model import ServedModel, predictions_to_json
@@ -106,6 +108,25 @@ def synthetic_input(schema: InputSchema) -> ModelInput:
     return ModelInput(columns, 1)
 
 
+#: Kubernetes' default terminationMessagePath; it keeps at most 4096 bytes.
+TERMINATION_LOG = "/dev/termination-log"
+
+
+def write_termination_message(error: BaseException) -> None:
+    """Why the server stopped, where Kubernetes shows it (the container's termination
+    message): the operator turns an ``UnsafeModelFormat: ...`` message into the
+    ModelDeployment's condition. Nothing is written outside a pod (no such file)."""
+    path = os.environ.get(ServerEnv.TERMINATION_LOG) or TERMINATION_LOG
+    if path == TERMINATION_LOG and not os.path.exists(path):
+        return
+    text = redact_text(str(error) or type(error).__name__)
+    try:
+        with open(path, "w", encoding="utf-8") as out:
+            out.write(text.encode()[:4000].decode(errors="ignore"))
+    except OSError:
+        logger.warning("could not write the termination message to %s", path)
+
+
 class ServingRuntime:
     """Everything one worker needs to answer requests: model, batcher, log, metrics."""
 
@@ -116,7 +137,10 @@ class ServingRuntime:
 
         self.settings = settings
         self.model = ServedModel.load(
-            settings.model_uri, settings.model_name, settings.model_version
+            settings.model_uri,
+            settings.model_name,
+            settings.model_version,
+            allow_pickle=settings.allow_pickle,
         )
         identity = self.model.identity
         self.metrics = ServerMetrics(
@@ -312,11 +336,16 @@ class ModelServer:
     def __init__(self) -> None:
         try:
             self.runtime = ServingRuntime(ServerSettings.from_env())
-        except Exception:
+        except Exception as error:
             # BentoML would restart this worker forever and the server would never be
             # ready; stopping the whole server instead makes a bad model URI or registry
-            # a visible crash (CrashLoopBackOff in Kubernetes) with this message in the log.
-            logger.critical("the model server cannot start; stopping it", exc_info=True)
+            # a visible crash (CrashLoopBackOff in Kubernetes) with this message in the log,
+            # and its first line in the pod's termination message, which the operator reads.
+            write_termination_message(error)
+            if isinstance(error, UnsafeModelFormat):
+                logger.critical("the model server refuses to start: %s", error)
+            else:
+                logger.critical("the model server cannot start; stopping it", exc_info=True)
             os.kill(os.getppid(), signal.SIGTERM)
             raise
 

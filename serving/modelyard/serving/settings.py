@@ -33,6 +33,8 @@ class ServerSettings(BaseModel, frozen=True):
     # would wait longer than max_latency_ms are refused with 503 instead of queueing forever.
     max_batch_requests: int = Field(default=256, gt=0)
     max_latency_ms: int = Field(default=1000, gt=0)
+    # Load models whose format runs code (pickle, cloudpickle): docs/security.md.
+    allow_pickle: bool = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
@@ -53,6 +55,7 @@ class ServerSettings(BaseModel, frozen=True):
             "max_body_bytes": ServerEnv.MAX_BODY_BYTES,
             "max_batch_requests": ServerEnv.MAX_BATCH_REQUESTS,
             "max_latency_ms": ServerEnv.MAX_LATENCY_MS,
+            "allow_pickle": ServerEnv.ALLOW_PICKLE,
         }
         values = {field: env[var] for field, var in fields.items() if env.get(var)}
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import re
-from typing import Final
+from typing import Any, Final
 
 from modelyard._version import __version__
 
@@ -52,6 +52,10 @@ class ServerEnv:
     WORKERS: Final = "MODELYARD_WORKERS"
     ACCESS_LOG: Final = "MODELYARD_ACCESS_LOG"
     TRACE_REQUESTS: Final = "MODELYARD_TRACE_REQUESTS"
+    #: "true": load models whose format runs code (spec.server.allowPickle).
+    ALLOW_PICKLE: Final = "MODELYARD_ALLOW_PICKLE"
+    #: Where the server writes why it could not start (Kubernetes' terminationMessagePath).
+    TERMINATION_LOG: Final = "MODELYARD_TERMINATION_LOG"
 
 
 class PipelineEnv:
@@ -74,6 +78,66 @@ TRACKING_USERNAME_ENV: Final = "MLFLOW_TRACKING_USERNAME"
 TRACKING_PASSWORD_ENV: Final = "MLFLOW_TRACKING_PASSWORD"
 TRACKING_TOKEN_ENV: Final = "MLFLOW_TRACKING_TOKEN"
 CREDENTIAL_KEYS: Final = (TRACKING_USERNAME_ENV, TRACKING_PASSWORD_ENV, TRACKING_TOKEN_ENV)
+
+
+class RegistryUsers:
+    """The MLflow users of an installation whose registry runs with authentication
+    (``mlflow server --app-name basic-auth``), one per component, and where their
+    passwords live: one Secret in the release's namespace, generated inside the cluster
+    (``modelyard registry credentials``), never rendered into manifests.
+
+    Who may do what (docs/security.md): every user reads (MLflow's default permission);
+    the pipelines create the experiments and models they log, so they MANAGE them and
+    grant EDIT on each model they register to the operator (approval, deployment and
+    rejection tags) and to the drift checks (drift tags); the servers only read.
+    """
+
+    ADMIN: Final = "admin"
+    OPERATOR: Final = "modelyard-operator"
+    PIPELINES: Final = "modelyard-pipelines"
+    SERVER: Final = "modelyard-server"
+    DRIFT: Final = "modelyard-drift"
+    COMPONENTS: Final = (OPERATOR, PIPELINES, SERVER, DRIFT)
+    #: Users granted EDIT on every model the pipelines register.
+    MODEL_EDITORS: Final = (OPERATOR, DRIFT)
+    #: Of those, the users granted EDIT on the model's training experiment too: the drift
+    #: checks log their runs beside the training run.
+    RUN_WRITERS: Final = (DRIFT,)
+    #: MLflow refuses shorter passwords.
+    MIN_PASSWORD_LENGTH: Final = 12
+    #: Key of the Flask session secret in the credentials Secret (shared by every replica).
+    FLASK_SECRET_KEY: Final = "flask-secret-key"
+
+    #: Set on pipeline pods: the users granted EDIT on each model the pipeline registers.
+    MODEL_EDITORS_ENV: Final = "MODELYARD_REGISTRY_MODEL_EDITORS"
+
+    @staticmethod
+    def password_key(user: str) -> str:
+        """The credentials Secret's key holding ``user``'s password."""
+        return f"{user.removeprefix('modelyard-')}-password"
+
+    @classmethod
+    def env(cls, secret: str, user: str) -> list[dict[str, Any]]:
+        """A pod's environment logging in to the registry as ``user``, whose password is
+        in ``secret`` (the installation's credentials Secret)."""
+        return [
+            {"name": TRACKING_USERNAME_ENV, "value": user},
+            {
+                "name": TRACKING_PASSWORD_ENV,
+                "valueFrom": {"secretKeyRef": {"name": secret, "key": cls.password_key(user)}},
+            },
+        ]
+
+
+#: Secrets the operator writes beside a ModelDeployment with the registry credentials of
+#: its servers and of its drift check (when the installation's registry has users).
+def server_credentials_secret(deployment: str) -> str:
+    return f"{deployment}-registry"
+
+
+def drift_credentials_secret(deployment: str) -> str:
+    return f"{deployment}-drift-registry"
+
 
 #: On a model version: "deployed here since" (the value), one key per ModelDeployment.
 DEPLOYED_TAG_PREFIX: Final = "modelyard.io/deployed"
@@ -169,6 +233,8 @@ MANAGED_BY: Final = "modelyard"
 LABEL_PIPELINE: Final = "modelyard.io/pipeline"
 LABEL_STEP: Final = "modelyard.io/step"
 LABEL_DRIFT_OF: Final = "modelyard.io/drift-of"
+#: On pods that talk to the registry: the chart's NetworkPolicy lets only these reach MLflow.
+LABEL_REGISTRY_CLIENT: Final = "modelyard.io/registry-client"
 
 ANNOTATION_MODEL_URI: Final = "modelyard.io/model-uri"
 ANNOTATION_MODEL_VERSION: Final = "modelyard.io/model-version"

@@ -415,6 +415,11 @@ class RestRegistry(Registry):
         raise RegistryUnavailable(f"{what}: {failure}")
 
     def _answer(self, what: str, status: int, raw: bytes) -> _Answer:
+        if status in (401, 403):  # MLflow's auth app answers these in plain text
+            raise RegistryAccessDenied(
+                f"{what}: the registry refused the credentials (HTTP {status}); check "
+                "spec.registry.credentialsSecretRef and the user's permissions"
+            )
         try:
             document = json.loads(raw) if raw else {}
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -429,7 +434,7 @@ class RestRegistry(Registry):
         error_code = code if isinstance(code, str) else ""
         if status == 200:
             return _Answer(status, "", document)
-        if status in (401, 403) or error_code in DENIED_CODES:
+        if error_code in DENIED_CODES:
             raise RegistryAccessDenied(
                 f"{what}: the registry refused the credentials (HTTP {status}); check "
                 "spec.registry.credentialsSecretRef and the user's permissions"

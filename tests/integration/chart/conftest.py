@@ -69,9 +69,13 @@ def release(cluster: Any, restricted_namespace: str) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def chart_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChartMlflow]:
     """`mlflow server` run exactly as the chart's Deployment runs it (release "my" in
-    namespace "ml"), with the volume's path and the port moved to this machine."""
+    namespace "ml"), with the volume's path and the port moved to this machine; without
+    its users (mlflow.auth.enabled=false): the registry with users, as the chart sets it
+    up, is tested in tests/security and on the node (tests/e2e)."""
     root = tmp_path_factory.mktemp("chart-mlflow")
-    deployment = one(render(), "Deployment", "my-modelyard-mlflow")
+    deployment = one(
+        render("--set", "mlflow.auth.enabled=false"), "Deployment", "my-modelyard-mlflow"
+    )
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     port = free_port()
     args = []
@@ -91,7 +95,7 @@ def chart_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChartMlfl
             cwd=root,
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=subprocess_env(),
+            env=subprocess_env(**{e["name"]: e["value"] for e in container["env"] if "value" in e}),
         )
     url = f"http://127.0.0.1:{port}"
     try:

@@ -98,7 +98,10 @@ def test_install_upgrade_uninstall(cluster: Any, restricted_namespace: str, rele
     )
     assert_no_pod_security_warnings(upgraded.stdout + upgraded.stderr)
     assert operator_env(cluster, ns, release)["MODELYARD_RESOLVE_INTERVAL"] == "5"
-    assert names(cluster, ns, "cronjobs,configmaps", selector) == set()
+    # No pipelines left; MLflow's own configuration (its users) stays.
+    assert names(cluster, ns, "cronjobs,configmaps", selector) == {
+        f"configmap/{release}-modelyard-mlflow-auth"
+    }
     assert names(cluster, ns, "pvc", selector) == {
         f"persistentvolumeclaim/{release}-modelyard-mlflow"
     }
@@ -153,7 +156,11 @@ def test_namespaced_mode(
             f"role.rbac.authorization.k8s.io/{release}-modelyard-operator",
             f"rolebinding.rbac.authorization.k8s.io/{release}-modelyard-operator",
         }
-    assert names(cluster, ns, "roles,rolebindings", selector) == set()
+    # In its own namespace, only the reading of the registry credentials' Secret.
+    assert names(cluster, ns, "roles,rolebindings", selector) == {
+        f"role.rbac.authorization.k8s.io/{release}-modelyard-operator-registry-credentials",
+        f"rolebinding.rbac.authorization.k8s.io/{release}-modelyard-operator-registry-credentials",
+    }
     # The service account may manage servers in the watched namespaces only.
     sa = f"system:serviceaccount:{ns}:{release}-modelyard-operator"
     for namespace, expected in ((team_a, "yes"), (team_b, "yes"), (ns, "no"), ("default", "no")):

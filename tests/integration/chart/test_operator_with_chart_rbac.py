@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests.integration.chart.cluster_checks import ChartMlflow, kubectl, sa_kubeconfig
-from tests.support.kube import condition, wait_for
+from tests.support.kube import KubeletStandIn, condition, wait_for
 from tests.support.models import register_sklearn_model
 from tests.support.servers import free_port, log_tail, stop_process, subprocess_env
 from tests.unit.chart.rendering import CHART, helm
@@ -115,11 +115,19 @@ def chart_operator(
 
 def test_operator_serves_a_model_with_the_chart_rbac(
     cluster: Any,
+    api_client: Any,
     restricted_namespace: str,
     chart_operator: RunningOperator,
     chart_mlflow: ChartMlflow,
 ) -> None:
     ns = restricted_namespace
+    with KubeletStandIn(api_client, ns):  # no node in this tier: pods reported Ready
+        _serve_a_model(cluster, ns, chart_operator, chart_mlflow)
+
+
+def _serve_a_model(
+    cluster: Any, ns: str, chart_operator: RunningOperator, chart_mlflow: ChartMlflow
+) -> None:
     model = register_model(chart_mlflow.url)
     kubectl(
         cluster,
@@ -138,11 +146,12 @@ def test_operator_serves_a_model_with_the_chart_rbac(
         ),
     )
 
-    def resolved() -> dict[str, Any] | None:
+    def live() -> dict[str, Any] | None:
         md = json.loads(cluster.run_kubectl("get", "md", "churn", "-n", ns, "-o", "json").stdout)
-        return md if condition(md, "ModelResolved").get("status") == "True" else None
+        resolved = condition(md, "ModelResolved").get("status") == "True"
+        return md if resolved and (md.get("status") or {}).get("model") else None
 
-    md = wait_for("ModelResolved=True", resolved, timeout=90)
+    md = wait_for("ModelResolved=True and a live version", live, timeout=90)
     assert md["status"]["model"]["version"] == 1
     # The children, created with the chart's permissions only.
     server = json.loads(

@@ -54,8 +54,9 @@ def test_samples_are_valid_model_deployments(cluster: Any, namespace: str, crd: 
     result = cluster.run_kubectl(
         "apply", "--dry-run=server", "-n", namespace, "-k", str(REPO / "manifests" / "samples")
     )
-    assert result.stdout.split("\n")[:3] == [
+    assert result.stdout.split("\n")[:4] == [
         "modeldeployment.modelyard.io/churn created (server dry run)",
+        "modeldeployment.modelyard.io/churn-prod created (server dry run)",
         "modeldeployment.modelyard.io/churn-v1 created (server dry run)",
         "modeldeployment.modelyard.io/fraud created (server dry run)",
     ]

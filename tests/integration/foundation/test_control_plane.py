@@ -41,7 +41,8 @@ def test_crd_is_established_and_serves_resources(
         "modelyard.io", "v1alpha1", namespace, "modeldeployments", "churn"
     )
     assert read["spec"]["model"] == {"name": "churn", "alias": "champion"}
-    assert read["spec"]["rollout"] == {"strategy": "RollingUpdate"}  # schema default
+    # schema defaults
+    assert read["spec"]["rollout"] == {"strategy": "RollingUpdate", "progressDeadlineSeconds": 600}
 
 
 def _token_client(api_client: client.ApiClient, token: str) -> client.ApiClient:

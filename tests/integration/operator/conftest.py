@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
+from tests.support.kube import KubeletStandIn
 from tests.support.models import register_sklearn_model, small_frame
 from tests.support.operator import running_operator
 from tests.support.servers import free_port, start_mlflow_server, stop_process, wait_http
@@ -25,12 +26,21 @@ def operator_environment(cluster: Any) -> None:
     os.environ["KUBECONFIG"] = str(cluster.kubeconfig)
     os.environ["MODELYARD_RESOLVE_INTERVAL"] = str(RESOLVE_INTERVAL)
     os.environ["MODELYARD_SERVER_IMAGE"] = "modelyard/server:test"
+    # The tests' registries (mlflow servers on this host, any port) are allowed.
+    os.environ["MODELYARD_ALLOWED_REGISTRIES"] = "http://127.0.0.1:*"
 
 
 @pytest.fixture
 def operator(namespace: str, crd: Any) -> Iterator[Any]:
     with running_operator(namespace) as runner:
         yield runner
+
+
+@pytest.fixture
+def kubelet(api_client: Any, namespace: str) -> Iterator[KubeletStandIn]:
+    """Pods of the test's namespace are reported running and ready (no node here)."""
+    with KubeletStandIn(api_client, namespace) as stand_in:
+        yield stand_in
 
 
 @dataclass
@@ -90,7 +100,7 @@ def private_mlflow(tmp_path: Any) -> Iterator[PrivateMlflow]:
     proc, log = start_mlflow_server(tmp_path / "mlflow", port)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{url}/health", 90, proc, log)
+        wait_http(f"{url}/health", 240, proc, log)
         yield PrivateMlflow(url=url, proc=proc)
     finally:
         stop_process(proc)

@@ -132,6 +132,21 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         {"model": GOOD_MODEL, "monitoring": {"drift": {"retrain": {}}}},
         "spec.monitoring.drift.retrain.cronJobName: Required value",
     ),
+    *(
+        (
+            f"tracking URI with {what}",
+            {
+                "model": {"name": "churn", "alias": "champion"},
+                "registry": {"trackingUri": uri},
+            },
+            "trackingUri must be scheme://host[:port][/path]: put credentials in a Secret",
+        )
+        for what, uri in [
+            ("credentials", "http://user:pass@mlflow:5000"),
+            ("a query choosing the path", "http://internal:8080/admin?"),
+            ("a fragment", "http://mlflow:5000/#x"),
+        ]
+    ),
 ]
 
 
@@ -202,6 +217,8 @@ def test_kubectl_get_shows_the_printer_columns(
         "MODEL",
         "REFERENCE",
         "LIVE",
+        "PENDING",
+        "ROLLING",
         "READY",
         "REASON",
         "URL",

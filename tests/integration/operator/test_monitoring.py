@@ -133,7 +133,11 @@ def monitored(mlflow_url: str, model: Model, log: Path, **drift: Any) -> dict[st
 
 
 def test_drift_cronjob_follows_monitoring_and_the_live_version(
-    k8s: Cluster, operator: Any, register_model: Callable[..., Any], mlflow_server: Any
+    k8s: Cluster,
+    operator: Any,
+    kubelet: Any,
+    register_model: Callable[..., Any],
+    mlflow_server: Any,
 ) -> None:
     model = register_model(n=2)
     k8s.create(
@@ -183,7 +187,7 @@ def test_drift_cronjob_follows_monitoring_and_the_live_version(
 
 
 def test_status_records_what_the_drift_check_found(
-    k8s: Cluster, operator: Any, mlflow_server: Any, tmp_path: Path
+    k8s: Cluster, operator: Any, kubelet: Any, mlflow_server: Any, tmp_path: Path
 ) -> None:
     model = register_with_lineage(mlflow_server.url, tmp_path)
     log = tmp_path / "predictions"
@@ -268,7 +272,7 @@ TRAINING_CRONJOB = {
 
 
 def test_drift_starts_exactly_one_retraining_job_per_episode(
-    k8s: Cluster, operator: Any, mlflow_server: Any, tmp_path: Path
+    k8s: Cluster, operator: Any, kubelet: Any, mlflow_server: Any, tmp_path: Path
 ) -> None:
     model = register_with_lineage(mlflow_server.url, tmp_path)
     log = tmp_path / "predictions"

@@ -28,6 +28,7 @@ class Cluster(ModelDeployments):
         self.core = client.CoreV1Api(api_client)
         self.autoscaling = client.AutoscalingV2Api(api_client)
         self.policy = client.PolicyV1Api(api_client)
+        self.networking = client.NetworkingV1Api(api_client)
 
     def deployment(self, name: str) -> client.V1Deployment:
         return self.apps.read_namespaced_deployment(name, self.ns)
@@ -50,7 +51,11 @@ def k8s(api_client: client.ApiClient, namespace: str) -> Cluster:
 
 
 def test_serves_the_pinned_version_and_reports_it(
-    k8s: Cluster, operator: Any, register_model: Callable[..., Any], mlflow_server: Any
+    k8s: Cluster,
+    operator: Any,
+    kubelet: Any,
+    register_model: Callable[..., Any],
+    mlflow_server: Any,
 ) -> None:
     model = register_model(n=1)
     k8s.create(
@@ -83,9 +88,9 @@ def test_serves_the_pinned_version_and_reports_it(
     assert status["model"]["datasets"][0]["context"] == "training"
     assert status["url"] == f"http://churn.{k8s.ns}.svc.cluster.local"
     assert condition(md, "ModelResolved")["status"] == "True"
-    # No node runs pods in this tier: the server is rolling out, not ready.
-    assert condition(md, "Ready")["status"] == "False"
-    assert condition(md, "Progressing")["status"] == "True"
+    # The version went live once its pods were ready (reported by the kubelet stand-in).
+    md = k8s.wait_md("churn", "Ready", lambda m: condition(m, "Ready").get("status") == "True")
+    assert condition(md, "Progressing")["status"] == "False"
     assert [h["version"] for h in status["history"]] == [1]
 
     # The registry answers "where is version 1 deployed?"
@@ -95,7 +100,11 @@ def test_serves_the_pinned_version_and_reports_it(
 
 
 def test_follows_the_alias_when_it_moves(
-    k8s: Cluster, operator: Any, register_model: Callable[..., Any], mlflow_server: Any
+    k8s: Cluster,
+    operator: Any,
+    kubelet: Any,
+    register_model: Callable[..., Any],
+    mlflow_server: Any,
 ) -> None:
     model = register_model(n=2)
     k8s.create(
@@ -246,6 +255,7 @@ def test_missing_credentials_secret_is_reported(
 def test_registry_outage_keeps_the_server_running(
     k8s: Cluster,
     operator: Any,
+    kubelet: Any,
     register_model: Callable[..., Any],
     private_mlflow: Any,
 ) -> None:
@@ -275,7 +285,7 @@ def test_registry_outage_keeps_the_server_running(
 
 
 def test_operator_restart_changes_no_child(
-    k8s: Cluster, crd: Any, register_model: Callable[..., Any], mlflow_server: Any
+    k8s: Cluster, kubelet: Any, crd: Any, register_model: Callable[..., Any], mlflow_server: Any
 ) -> None:
     model = register_model(n=1)
     spec = {
@@ -290,6 +300,7 @@ def test_operator_restart_changes_no_child(
             ("Deployment", k8s.apps.list_namespaced_deployment(k8s.ns).items),
             ("Service", k8s.core.list_namespaced_service(k8s.ns).items),
             ("PodDisruptionBudget", k8s.policy.list_namespaced_pod_disruption_budget(k8s.ns).items),
+            ("NetworkPolicy", k8s.networking.list_namespaced_network_policy(k8s.ns).items),
         ):
             for obj in items:
                 found[f"{kind}/{obj.metadata.name}"] = obj.metadata.resource_version
@@ -302,7 +313,12 @@ def test_operator_restart_changes_no_child(
         first_operator.wait_metric("modelyard_operator_scheduler_passes_total", 2)
         first = children()
         md_version = k8s.md("steady")["metadata"]["resourceVersion"]
-    assert set(first) == {"Deployment/steady", "Service/steady", "PodDisruptionBudget/steady"}
+    assert set(first) == {
+        "Deployment/steady",
+        "Service/steady",
+        "PodDisruptionBudget/steady",
+        "NetworkPolicy/steady",
+    }
 
     # Every write the restarted operator makes shows on a watch from here on.
     watched = watch_writes(k8s, since=max(int(v) for v in [*first.values(), md_version]))
@@ -360,7 +376,11 @@ def watch_writes(k8s: Cluster, since: int) -> Callable[[], list[str]]:
 
 
 def test_deletion_removes_children_and_the_registry_tag(
-    k8s: Cluster, operator: Any, register_model: Callable[..., Any], mlflow_server: Any
+    k8s: Cluster,
+    kubelet: Any,
+    operator: Any,
+    register_model: Callable[..., Any],
+    mlflow_server: Any,
 ) -> None:
     model = register_model(n=1)
     k8s.create(

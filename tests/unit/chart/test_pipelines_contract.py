@@ -35,6 +35,8 @@ def _rendered(path: Any, **options: Any) -> dict[str, Any]:
         "config_map": f"{RELEASE}-modelyard-{pipeline.name}-pipeline",
         "lake_pvc": f"{RELEASE}-modelyard-lake",
         "tracking_uri": f"http://{RELEASE}-modelyard-mlflow.{NAMESPACE}.svc:5000",
+        # The chart's MLflow has users by default (docs/security.md).
+        "registry_credentials": f"{RELEASE}-modelyard-registry-credentials",
     }
     return build_cronjob(pipeline.spec, RenderOptions(**{**defaults, **options}))
 

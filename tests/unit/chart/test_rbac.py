@@ -29,7 +29,18 @@ NAMESPACED = {
             ("batch", "jobs"),
         ]
     },
-    ("", "secrets"): {"get"},
+    # get: spec.registry.credentialsSecretRef; the rest: each ModelDeployment's
+    # registry credentials Secrets, which it owns.
+    ("", "secrets"): {"get", "create", "patch", "delete"},
+    ("networking.k8s.io", "networkpolicies"): {
+        "get",
+        "list",
+        "watch",
+        "create",
+        "patch",
+        "update",
+        "delete",
+    },
     ("", "events"): {"create", "patch"},
     ("events.k8s.io", "events"): {"create", "patch"},
 }
@@ -80,13 +91,45 @@ def test_no_wildcards(values: Path) -> None:
             for field in ("apiGroups", "resources", "verbs"):
                 assert not any("*" in item for item in rule.get(field, [])), (role, rule)
             assert "nonResourceURLs" not in rule
-            assert "resourceNames" not in rule
+            # Names only narrow reads; a rule naming objects is never a write in disguise.
+            if "resourceNames" in rule:
+                assert set(rule["verbs"]) <= {"get"}, (role, rule)
+
+
+def credentials_role(objects: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(objects, "Role", "my-modelyard-operator-registry-credentials")
+
+
+def test_the_operator_reads_one_secret_in_its_namespace_and_may_create_it() -> None:
+    role = credentials_role(render())
+    assert role["metadata"]["namespace"] == "ml"
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["secrets"],
+            "resourceNames": ["my-modelyard-registry-credentials"],
+            "verbs": ["get"],
+        },
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["create"]},
+    ]
+    # Bring your own Secret: the operator only reads it.
+    role = credentials_role(render("--set", "mlflow.auth.existingSecret=ours"))
+    assert role["rules"] == [
+        {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["ours"], "verbs": ["get"]}
+    ]
+    # A registry without users: nothing to read.
+    assert find(render("--set", "mlflow.auth.enabled=false"), "Role") == []
 
 
 def test_cluster_wide_mode() -> None:
     objects = render()
-    assert find(objects, "Role") == []
-    assert find(objects, "RoleBinding") == []
+    # Only the registry credentials' Role (above) is namespaced.
+    assert [r["metadata"]["name"] for r in find(objects, "Role")] == [
+        "my-modelyard-operator-registry-credentials"
+    ]
+    assert [b["metadata"]["name"] for b in find(objects, "RoleBinding")] == [
+        "my-modelyard-operator-registry-credentials"
+    ]
     role = operator_role(objects)
     assert permissions(role) == {**NAMESPACED, **CLUSTER_READ}
     binding = one(objects, "ClusterRoleBinding")
@@ -106,11 +149,12 @@ def test_cluster_wide_mode() -> None:
 
 def test_namespaced_mode() -> None:
     objects = render("--set", "operator.watchNamespaces={team-a,team-b}")
-    roles = find(objects, "Role")
+    credentials = "my-modelyard-operator-registry-credentials"
+    roles = [r for r in find(objects, "Role") if r["metadata"]["name"] != credentials]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
         assert permissions(role) == NAMESPACED
-    bindings = find(objects, "RoleBinding")
+    bindings = [b for b in find(objects, "RoleBinding") if b["metadata"]["name"] != credentials]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for binding in bindings:
         assert binding["roleRef"]["kind"] == "Role"
@@ -166,3 +210,32 @@ def test_the_admission_policies() -> None:
         "matchLabels": {"modelyard.io/approval": "required"}
     }
     assert not find(render("--set", "admissionPolicies.enabled=false"), "ValidatingAdmissionPolicy")
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
+def test_no_credentials_are_rendered(values: Path) -> None:
+    """`helm template`, `make manifests` and Argo CD output carry no password: the
+    registry credentials Secret is made in the cluster, manifests only name it."""
+    objects = render("--values", str(values))
+    assert [o["metadata"]["name"] for o in find(objects, "Secret")] == []
+    secret_env = [
+        env
+        for o in objects
+        for container in _containers(o)
+        for env in container.get("env", [])
+        if "PASSWORD" in env["name"] or "SECRET_KEY" in env["name"]
+    ]
+    for env in secret_env:
+        assert "value" not in env and "secretKeyRef" in env["valueFrom"], env
+    if "external-mlflow" not in values.name:  # the chart's MLflow, with its users
+        assert "MLFLOW_FLASK_SERVER_SECRET_KEY" in {e["name"] for e in secret_env}
+
+
+def _containers(o: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = o.get("spec", {})
+    for key in ("jobTemplate", "template"):
+        if key in spec:
+            spec = spec[key].get("spec", {})
+    if "template" in spec:
+        spec = spec["template"].get("spec", {})
+    return [*spec.get("initContainers", []), *spec.get("containers", [])]

@@ -186,7 +186,10 @@ def test_samples_as_cronjobs(default_objects: list[dict[str, Any]]) -> None:
 def test_no_pipelines() -> None:
     objects = render("--values", str(CHART / "ci" / "no-pipelines-values.yaml"))
     assert find(objects, "CronJob") == []
-    assert find(objects, "ConfigMap") == []
+    # Only MLflow's own configuration (its users, docs/security.md); no pipeline files.
+    assert [cm["metadata"]["name"] for cm in find(objects, "ConfigMap")] == [
+        "my-modelyard-mlflow-auth"
+    ]
     assert find(objects, "PersistentVolumeClaim", "my-modelyard-lake") == []
 
 
@@ -208,9 +211,11 @@ def test_own_pipelines() -> None:
     assert c["args"] == ["/opt/pipelines/churn.yaml", "--skip=generate"]
     assert c["resources"] == {"requests": {"cpu": "1", "memory": "2Gi"}}
     assert {v["name"] for v in pod_spec(in_image)["volumes"]} == {"tmp"}
-    assert [cm["metadata"]["name"] for cm in find(objects, "ConfigMap")] == [
-        "my-modelyard-fraud-pipeline"
-    ]
+    assert [
+        cm["metadata"]["name"]
+        for cm in find(objects, "ConfigMap")
+        if "pipeline" in cm["metadata"]["name"]
+    ] == ["my-modelyard-fraud-pipeline"]
     assert find(objects, "PersistentVolumeClaim", "my-modelyard-lake") == []
 
 

@@ -74,3 +74,50 @@ def test_texts_lose_userinfo_wherever_it_stands() -> None:
     text = "connecting to postgresql://app:s3cret@db/mlflow failed"
     assert "s3cret" not in redact_text(text)
     assert "postgresql://***@db/mlflow" in redact_text(text)
+
+
+def test_texts_lose_password_like_query_parameters() -> None:
+    text = "Server error '500' for url 'https://api.example/v1/items?page=2&api_key=k3y'"
+    shown = redact_text(text)
+    assert "k3y" not in shown
+    assert "https://api.example/v1/items?page=2&api_key=***" in shown
+
+
+def test_log_records_of_any_library_are_redacted() -> None:
+    import io
+    import logging
+
+    from modelyard.core.redaction import install_log_redaction
+
+    stream = io.StringIO()
+    logger = logging.getLogger("test-redaction")
+    logger.propagate = False
+    handler = logging.StreamHandler(stream)
+    logger.addHandler(handler)
+    try:
+        install_log_redaction(logger)
+        install_log_redaction(logger)  # idempotent
+        assert len(handler.filters) == 1
+        logger.warning("tracking %s", "http://u:pw123456@mlflow:5000/")
+        try:
+            raise RuntimeError("cannot reach postgresql://app:pw123456@db/x")
+        except RuntimeError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    assert "pw123456" not in stream.getvalue()
+    assert "http://***@mlflow:5000/" in stream.getvalue()
+
+
+def test_github_actions_are_pinned_by_commit() -> None:
+    import re as _re
+
+    uses = [
+        line.split("uses:", 1)[1].strip()
+        for path in sorted((REPO / ".github" / "workflows").glob("*.y*ml"))
+        for line in path.read_text().splitlines()
+        if line.strip().startswith(("uses:", "- uses:"))
+    ]
+    assert uses
+    for action in uses:
+        assert _re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}( # v[\d.]+)?", action), action

@@ -69,7 +69,7 @@ def test_deployment_passes_pod_security_restricted() -> None:
 
 def test_credentials_come_only_from_the_secret() -> None:
     spec = {**BASE, "registry": {"credentialsSecretRef": {"name": "creds"}}}
-    env = env_of(build_server_deployment(plan(spec)))
+    env = env_of(build_server_deployment(plan(spec, credentials_secret="creds")))
     for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_TRACKING_TOKEN"):
         assert env[key]["valueFrom"]["secretKeyRef"] == {
             "name": "creds",
@@ -120,7 +120,7 @@ def test_server_children_match_the_reviewed_manifests() -> None:
         "server": {"replicas": 2, "env": [{"name": "LOG_LEVEL", "value": "debug"}]},
         "registry": {"credentialsSecretRef": {"name": "mlflow-creds"}},
     }
-    built = plan(spec, prediction_log="s3://lake/predictions")
+    built = plan(spec, prediction_log="s3://lake/predictions", credentials_secret="mlflow-creds")
     for name, manifest in (
         ("server-deployment", build_server_deployment(built)),
         ("server-service", build_server_service(built)),

@@ -19,8 +19,9 @@ from kubernetes import client
 
 from modelyard.core.contracts import ApprovalTags, DriftTags, deployed_tag_key
 from modelyard.operator.approvals import Decision
+from modelyard.operator.credentials import RegistryAccounts
 from modelyard.operator.plan import Observed, Plan, TagChange, plan_reconcile
-from modelyard.operator.resolve import Registries, Resolver, resolve_model
+from modelyard.operator.resolve import Registries, RegistryPolicy, Resolver, resolve_model
 from modelyard.operator.resource import ModelDeploymentSpec
 from modelyard.operator.settings import OperatorSettings
 
@@ -186,18 +187,20 @@ def decide(
     decisions: tuple[Decision, ...] = (),
     labels: dict[str, str] | None = None,
     now: dt.datetime = NOW,
+    accounts: RegistryAccounts | None = None,
 ) -> tuple[Plan, Resolver]:
     ours = OperatorSettings(default_tracking_uri=registry_uri, resolve_interval=30)
     resolver = Resolver(Registries(client.ApiClient(), timeout=2.0), interval=30)
     spec = ModelDeploymentSpec.parse(obj["spec"])
     live = (obj.get("status") or {}).get("model") or {}
-    resolution = resolve_model(resolver, spec, NS, live, ours.default_tracking_uri)
+    resolution = resolve_model(resolver, spec, NS, live, RegistryPolicy(ours.default_tracking_uri))
     observed = Observed(
         namespace_labels=labels or {},
         decisions=decisions,
         deployment=deployment,
         pods=pods,
         now=now,
+        accounts=accounts,
     )
     return plan_reconcile(obj, spec, resolution, ours, observed), resolver
 
@@ -243,7 +246,7 @@ def test_an_alias_rolls_out_the_pinned_version_and_it_goes_live_once_ready(
     plan, _ = decide(body(ALIAS), registry.uri)
     assert plan.failure is None
     assert served(plan) == f"models:/churn/{v1}"
-    assert {m["kind"] for m in plan.apply} == {"Deployment", "Service"}
+    assert {m["kind"] for m in plan.apply} == {"Deployment", "Service", "NetworkPolicy"}
     assert plan.status["model"] is None  # not live until it serves
     assert plan.status["rollout"]["version"] == v1
     assert plan.status["rollout"]["datasets"][0]["source"] == (
@@ -384,6 +387,58 @@ def test_a_crashing_candidate_is_rolled_back_and_not_tried_again(registry: Regis
     assert served(again) == f"models:/churn/{v1}"
     assert condition(again, "Approved")["reason"] == "Rejected"
     assert again.events == [] and again.tags == []
+
+
+def refusing_pod(version: int) -> dict[str, Any]:
+    """A server pod that refused its model (its termination message, as the server
+    writes it)."""
+    message = (
+        "UnsafeModelFormat: model churn version 2 is a scikit-learn model saved with "
+        "cloudpickle, which runs code when loaded; ... spec.server.allowPickle: true ..."
+    )
+    return {
+        "metadata": {
+            "name": "churn-def",
+            "annotations": {"modelyard.io/model-version": str(version)},
+        },
+        "status": {
+            "containerStatuses": [
+                {
+                    "restartCount": 0,
+                    "state": {"terminated": {"reason": "Error", "exitCode": 1, "message": message}},
+                }
+            ]
+        },
+    }
+
+
+def test_an_unsafe_model_is_refused_at_once_and_the_live_version_keeps_serving(
+    registry: Registry,
+) -> None:
+    v1, v2 = registry.version(), registry.version()
+    registry.alias("champion", v1)
+    status = live(registry, ALIAS, v1)
+    registry.alias("champion", v2)
+    rolling, _ = decide(body(ALIAS, status), registry.uri, deployment=serving(v1))
+    failed, _ = decide(
+        body(ALIAS, rolling.status),
+        registry.uri,
+        deployment=serving(v2, ready=0),
+        pods=(refusing_pod(v2),),
+    )
+    assert served(failed) == f"models:/churn/{v1}"
+    assert failed.degraded is not None and failed.degraded[0] == "UnsafeModelFormat"
+    assert "saved with cloudpickle" in failed.degraded[1]
+    registry.write(failed)
+    assert registry.tags(v2)[ApprovalTags.detail(NS, NAME, "reason")] == "UnsafeModelFormat"
+
+
+def test_allow_pickle_reaches_the_server(registry: Registry) -> None:
+    v1 = registry.version()
+    spec = {"model": {"name": "churn", "version": v1}, "server": {"allowPickle": True}}
+    plan, _ = decide(body(spec), registry.uri)
+    container = applied(plan, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "MODELYARD_ALLOW_PICKLE", "value": "true"} in container["env"]
 
 
 def test_a_candidate_never_ready_fails_at_its_progress_deadline(registry: Registry) -> None:
@@ -599,3 +654,80 @@ def test_drift_found_by_the_check_starts_one_retraining_job(registry: Registry) 
     assert "age, plan" in drift["message"]
     assert plan.retrain is not None and plan.retrain.cron_job_name == "train-churn"
     assert any(m["kind"] == "CronJob" for m in plan.apply)
+
+
+# --------------------------------------------------------------- registry credentials
+ACCOUNTS = RegistryAccounts(
+    {
+        "modelyard-operator": "op-password-1234",
+        "modelyard-pipelines": "pl-password-1234",
+        "modelyard-server": "sv-password-1234",
+        "modelyard-drift": "dr-password-1234",
+    }
+)
+
+
+def _env_sources(manifest: dict[str, Any]) -> dict[str, str]:
+    """Credential env of a pod template: variable -> the Secret it comes from."""
+    spec = manifest["spec"]
+    template = (
+        spec["jobTemplate"]["spec"]["template"] if "jobTemplate" in spec else spec["template"]
+    )
+    return {
+        e["name"]: e["valueFrom"]["secretKeyRef"]["name"]
+        for e in template["spec"]["containers"][0]["env"]
+        if "valueFrom" in e
+    }
+
+
+def test_servers_and_drift_get_their_own_registry_users_beside_the_deployment(
+    registry: Registry,
+) -> None:
+    v1 = registry.version()
+    registry.alias("champion", v1)
+    spec = {
+        **ALIAS,
+        "monitoring": {"predictionLog": "file:///log", "drift": {"schedule": "0 * * * *"}},
+    }
+    first, _ = decide(body(spec), registry.uri, accounts=ACCOUNTS)
+    done, _ = decide(
+        body(spec, first.status), registry.uri, deployment=serving(v1), accounts=ACCOUNTS
+    )
+    secrets = {m["metadata"]["name"]: m for m in done.apply if m["kind"] == "Secret"}
+    assert set(secrets) == {"churn-registry", "churn-drift-registry"}
+
+    def user_of(secret: dict[str, Any]) -> tuple[str, str]:
+        import base64
+
+        data = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+        return data["MLFLOW_TRACKING_USERNAME"], data["MLFLOW_TRACKING_PASSWORD"]
+
+    assert user_of(secrets["churn-registry"]) == ("modelyard-server", "sv-password-1234")
+    assert user_of(secrets["churn-drift-registry"]) == ("modelyard-drift", "dr-password-1234")
+    assert set(_env_sources(applied(done, "Deployment")).values()) == {"churn-registry"}
+    assert set(_env_sources(applied(done, "CronJob")).values()) == {"churn-drift-registry"}
+    # No password in any other child.
+    others = [m for m in done.apply if m["kind"] != "Secret"]
+    assert "password-1234" not in str(others)
+
+
+def test_without_registry_users_no_credentials_are_given(registry: Registry) -> None:
+    v1 = registry.version()
+    registry.alias("champion", v1)
+    plan, _ = decide(body(ALIAS), registry.uri)
+    assert not [m for m in plan.apply if m["kind"] == "Secret"]
+    assert _env_sources(applied(plan, "Deployment")) == {}
+
+
+def test_the_servers_accept_only_their_namespace_and_the_allowed_ones(
+    registry: Registry,
+) -> None:
+    v1 = registry.version()
+    registry.alias("champion", v1)
+    plan, _ = decide(body(ALIAS), registry.uri)
+    policy = applied(plan, "NetworkPolicy")
+    assert policy["spec"]["podSelector"] == applied(plan, "Deployment")["spec"]["selector"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    [rule] = policy["spec"]["ingress"]
+    assert rule["from"] == [{"podSelector": {}}]
+    assert rule["ports"] == [{"port": 3000, "protocol": "TCP"}]

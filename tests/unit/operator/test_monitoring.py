@@ -39,7 +39,8 @@ def drift_spec(**drift: Any) -> dict[str, Any]:
 
 
 def cronjob(spec: dict[str, Any], version: int = 7) -> dict[str, Any]:
-    p = plan(spec, version)
+    ref = spec.get("registry", {}).get("credentialsSecretRef")
+    p = plan(spec, version, drift_credentials_secret=ref["name"] if ref else None)
     drift = p.spec.monitoring.drift
     assert drift is not None
     return build_drift_cronjob(

@@ -176,3 +176,19 @@ def test_integers_with_fractions_are_quarantined() -> None:
     checked = check_schema(frame, SCHEMA)
     assert checked.valid["id"].tolist() == [1, 3]
     assert checked.quarantined["_quarantine_reason"].tolist() == ["id: '2.5' is not integer"]
+
+
+def test_credentials_stay_on_the_source_host() -> None:
+    import httpx
+
+    from modelyard.pipelines.ingest import headers_for
+
+    first = httpx.URL("https://api.example/v1/items")
+    headers = {"Authorization": "Bearer t", "Cookie": "s=1", "X-Api-Key": "k", "Accept": "json"}
+    assert headers_for(httpx.URL("https://api.example/v1/items?page=2"), first, headers) == headers
+    for elsewhere in (
+        "https://cdn.example/p2",
+        "http://api.example/p2",
+        "https://api.example:8443/p",
+    ):
+        assert headers_for(httpx.URL(elsewhere), first, headers) == {"Accept": "json"}

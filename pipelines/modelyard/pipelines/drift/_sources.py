@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 
 from modelyard.core import contracts as c
 from modelyard.core.artifacts import artifact_location, download_version
+from modelyard.core.model_safety import check_model_format
 from modelyard.core.registry import (
     Credentials,
     ModelReference,
@@ -250,11 +251,17 @@ def score_reference(
     """
     import mlflow.pyfunc
     import numpy as np
+    from mlflow.models import Model
 
     registry = registry_for(tracking_uri)
     try:
         with tempfile.TemporaryDirectory(prefix="modelyard-score-") as tmp:
             local = download_version(registry, model_name, version, Path(tmp))
+            check_model_format(
+                Model.load(str(local)).flavors,
+                allow_pickle=os.environ.get(c.ServerEnv.ALLOW_PICKLE, "").lower() == "true",
+                model=f"model {model_name} version {version}",
+            )
             model = mlflow.pyfunc.load_model(str(local))
     finally:
         registry.close()
