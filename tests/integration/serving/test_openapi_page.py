@@ -77,4 +77,3 @@ def test_the_openapi_page_documents_each_column_and_its_type(
     assert screenshot.exists() and screenshot.stat().st_size > 10_000
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     print(f"\nscreenshot of the OpenAPI page: {screenshot}")
-
