@@ -36,6 +36,44 @@ METRICS_PATH: Final = "/metrics"
 RUN_AS_UID: Final = 10001
 
 
+class Protocol:
+    """The prediction protocols the model server speaks (``status.endpoints[].protocol``)."""
+
+    #: BentoML's API (``bentoml.SyncHTTPClient``); the body is a JSON array of records.
+    BENTOML: Final = "bentoml"
+    #: MLflow's scoring protocol, as ``mlflow models serve`` speaks it.
+    MLFLOW: Final = "mlflow"
+    #: The Open Inference Protocol (KServe, Triton, MLServer), REST.
+    V2: Final = "v2"
+
+
+#: BentoML's API: records in, predictions out (also the OpenAPI page's example).
+PREDICT_PATH: Final = "/predict"
+#: MLflow's scoring protocol.
+INVOCATIONS_PATH: Final = "/invocations"
+#: The Open Inference Protocol: server health and metadata under this prefix.
+V2_PREFIX: Final = "/v2"
+#: The OpenAPI document of the server; its page (Swagger UI) is at ``/``.
+OPENAPI_PATH: Final = "/docs.json"
+
+
+def v2_model_path(model_name: str) -> str:
+    """``/v2/models/{name}``: the model's metadata; ``/ready`` and ``/infer`` below it."""
+    from urllib.parse import quote
+
+    return f"{V2_PREFIX}/models/{quote(model_name, safe='')}"
+
+
+def server_endpoints(model_name: str) -> list[dict[str, str]]:
+    """Where the server serving ``model_name`` answers each protocol: the operator writes
+    this as ``status.endpoints``; the server's routes are the same paths."""
+    return [
+        {"protocol": Protocol.BENTOML, "path": PREDICT_PATH},
+        {"protocol": Protocol.MLFLOW, "path": INVOCATIONS_PATH},
+        {"protocol": Protocol.V2, "path": f"{v2_model_path(model_name)}/infer"},
+    ]
+
+
 class ServerEnv:
     """Environment variables of the model server (set by the operator or ``modelyard serve``)."""
 
