@@ -260,3 +260,58 @@ def parse_window(text: str) -> dt.timedelta:
     if not _WINDOW.match(text):
         raise ValueError(f"{text!r} is not a window such as 90m, 24h or 7d")
     return dt.timedelta(**{_WINDOW_UNITS[text[-1]]: int(text[:-1])})
+
+
+#: An amount of memory as Kubernetes writes it (``512Mi``, ``2Gi``, ``1.5G``, ``800000000``):
+#: ``spec.monitoring.drift.resources`` and ``modelyard drift check --memory-budget``.
+MEMORY_PATTERN: Final = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"
+_MEMORY = re.compile(MEMORY_PATTERN)
+_MEMORY_UNITS: Final = {
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
+
+
+def parse_memory(text: str | int) -> int:
+    """``512Mi`` -> 536870912 bytes; raises ValueError that says what an amount looks like."""
+    match = _MEMORY.match(str(text).strip())
+    if not match:
+        raise ValueError(f"{text!r} is not an amount of memory such as 512Mi, 2Gi or 1.5G")
+    number, unit = str(text).strip().removesuffix(match.group(2) or ""), match.group(2) or ""
+    return int(float(number) * _MEMORY_UNITS[unit])
+
+
+def format_memory(size: int) -> str:
+    """Bytes as the largest binary unit that keeps a whole number: ``1Gi``, ``768Mi``."""
+    for unit in ("Ti", "Gi", "Mi", "Ki"):
+        if size and size % _MEMORY_UNITS[unit] == 0:
+            return f"{size // _MEMORY_UNITS[unit]}{unit}"
+    return str(size)
+
+
+# ------------------------------------------------------------------ the drift check's memory
+#: ``modelyard drift check --memory-budget`` when not given: well under the drift CronJob's
+#: default memory limit (DRIFT_MEMORY_LIMIT), which also holds Python and its libraries.
+DRIFT_MEMORY_BUDGET: Final = "512Mi"
+#: The drift CronJob's memory request and limit unless ``spec.monitoring.drift.resources``
+#: says otherwise.
+DRIFT_MEMORY_REQUEST: Final = "512Mi"
+DRIFT_MEMORY_LIMIT: Final = "2Gi"
+#: The smallest limit the CRD accepts, and the smallest budget the check accepts.
+DRIFT_MEMORY_LIMIT_MIN: Final = "512Mi"
+DRIFT_MEMORY_BUDGET_MIN: Final = "64Mi"
+
+
+def drift_memory_budget(limit: str | int) -> str:
+    """The ``--memory-budget`` the operator passes for a drift pod limited to ``limit``: half
+    of it, the other half for the interpreter, the libraries (pyarrow, scipy, pandas,
+    MLflow, Evidently for the HTML report) and the allocators' slack. ``2Gi`` -> ``1Gi``."""
+    half = parse_memory(limit) // 2
+    return format_memory(max(half - half % 2**20, parse_memory(DRIFT_MEMORY_BUDGET_MIN)))
