@@ -131,5 +131,4 @@ def test_three_workers_one_killed_the_study_completes_and_the_best_is_registered
     assert by_trial[killed].info.status == "FAILED"
     assert by_trial[killed].data.tags["modelyard.trial_state"] == "FAIL"
     assert by_trial[best.number].data.tags["modelyard.trial_state"] == "COMPLETE"
-    assert by_trial[best.number].data.tags["modelyard.trial_state"] == "COMPLETE"
     assert "trial_seconds" in by_trial[best.number].data.metrics
