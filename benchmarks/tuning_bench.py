@@ -61,16 +61,21 @@ def _variant(directory: Path, workers: int, tag: str) -> Path:
     return path
 
 
+def build_features(home: Path, storage: str) -> None:
+    """The features every measurement tunes on, built once: the lake's datasets do not
+    depend on the pipeline's name."""
+    pipeline = _variant(home, 1, "features")
+    args = [MODELYARD, "pipeline", "run", str(pipeline)]
+    for step in FEATURE_STEPS:
+        args += ["--step", step]
+    subprocess.run(args, env=_env(home, storage), check=True, capture_output=True, cwd=home)
+
+
 def measure(home: Path, storage: str, workers: int, tag: str) -> dict[str, float]:
     import optuna
 
     pipeline = _variant(home, workers, tag)
     env = _env(home, storage)
-    # Features for this pipeline name's lake paths (the same data every time).
-    args = [MODELYARD, "pipeline", "run", str(pipeline)]
-    for step in FEATURE_STEPS:
-        args += ["--step", step]
-    subprocess.run(args, env=env, check=True, capture_output=True, cwd=home)
     started = time.monotonic()
     procs = [
         subprocess.Popen(
@@ -101,18 +106,19 @@ def measure(home: Path, storage: str, workers: int, tag: str) -> dict[str, float
     }
 
 
-def grid_search(home: Path) -> dict[str, float]:
-    """Today's tuning, GridSearchCV, on the same features, folds and scorer."""
+def grid_search(home: Path, tag: str) -> dict[str, float]:
+    """Today's tuning, GridSearchCV, on the same features, folds and scorer (the features
+    the measurement ``tag`` built)."""
     import datetime as dt
 
     from modelyard.pipelines.context import RunSettings, StepContext
     from modelyard.pipelines.definition import load_pipeline
     from modelyard.pipelines.train import build_model_pipeline, load_training_data
 
-    pipeline = load_pipeline(home / "bench-w1-r0.yaml", {"lake": str(home / "lake")})
+    pipeline = load_pipeline(home / f"bench-{tag}.yaml", {"lake": str(home / "lake")})
     p = pipeline.arguments["tune"]
     settings = RunSettings.resolve(home, str(home / "lake"), None, dt.date.fromisoformat(RUN_DATE))
-    ctx = StepContext("bench-w1-r0", "tune", "grid", settings)
+    ctx = StepContext(f"bench-{tag}", "tune", "grid", settings)
     data = load_training_data(
         ctx, p["features"], p["numeric_features"], p["categorical_features"], p["label"], 5, 1
     )
@@ -146,13 +152,14 @@ def main() -> None:
     rows: list[tuple[str, dict[str, Any]]] = []
     with running_postgres() as postgres, tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
+        build_features(home, postgres.url)
         results: dict[int, list[dict[str, float]]] = {}
         for repeat in range(options.repeat):
             for workers in options.workers:
                 run = measure(home, postgres.url, workers, f"w{workers}-r{repeat}")
                 print(f"{workers} worker(s), run {repeat + 1}: {run}", file=sys.stderr)
                 results.setdefault(workers, []).append(run)
-        grid = [grid_search(home) for _ in range(options.repeat)]
+        grid = [grid_search(home, "features") for _ in range(options.repeat)]
         for workers, runs in results.items():
             rows.append((f"Optuna TPE, {workers} worker(s)", _median(runs)))
         rows.append(("GridSearchCV (today), 1 process", _median(grid)))

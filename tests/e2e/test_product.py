@@ -91,6 +91,7 @@ def champion(node_cluster: Any, release: str) -> int:
         f"job/{job}",
         "--timeout=900s",
         check=False,
+        timeout=960,
     )
     if done.returncode != 0:
         logs = node_cluster.run_kubectl("-n", release, "logs", f"job/{job}", check=False)
@@ -120,10 +121,10 @@ def test_the_pipeline_ran_as_one_job_per_step_with_their_resources(
 
     sample = REPO / "pipelines" / "samples" / "churn.yaml"
     pipeline = load_pipeline(sample, {}, strict_placeholders=False)
+    # The step Jobs (the orchestrating Job has the pipeline's label but no step).
+    selector = f"modelyard.io/pipeline={MODEL},modelyard.io/step"
     jobs = json.loads(
-        node_cluster.run_kubectl(
-            "-n", release, "get", "jobs", "-l", f"modelyard.io/pipeline={MODEL}", "-o", "json"
-        ).stdout
+        node_cluster.run_kubectl("-n", release, "get", "jobs", "-l", selector, "-o", "json").stdout
     )["items"]
     by_step = {j["metadata"]["labels"]["modelyard.io/step"]: j for j in jobs}
     print("\n".join(sorted(j["metadata"]["name"] for j in jobs)))  # the Jobs, for the log
