@@ -101,6 +101,19 @@ class PipelineEnv:
     CODE_VERSION: Final = "MODELYARD_CODE_VERSION"
     #: Set by Kubernetes in each pod of an Indexed Job, and by the local runner for fan-out.
     COMPLETION_INDEX: Final = "JOB_COMPLETION_INDEX"
+    #: The run a step belongs to (the orchestrating Job's name in the cluster), for tags.
+    RUN_ID: Final = "MODELYARD_RUN_ID"
+    #: ``kubernetes``: run every step as its own Job (the CronJob's pod orchestrates).
+    EXECUTOR: Final = "MODELYARD_EXECUTOR"
+    #: The orchestrating pod's own name and namespace (from the downward API).
+    POD_NAME: Final = "MODELYARD_POD_NAME"
+    POD_NAMESPACE: Final = "MODELYARD_POD_NAMESPACE"
+    #: Container resources (JSON) of the step pods of a pipeline that declares none.
+    STEP_RESOURCES: Final = "MODELYARD_STEP_RESOURCES"
+    #: ``true``: step pods run on the orchestrator's node (a ReadWriteOnce lake volume).
+    STEPS_ON_NODE: Final = "MODELYARD_STEPS_ON_NODE"
+    #: The Optuna study storage of tuning steps (an SQLAlchemy URL, e.g. PostgreSQL).
+    STUDY_STORAGE: Final = "MODELYARD_STUDY_STORAGE"
 
 
 # ------------------------------------------------------------------ the MLflow registry
@@ -180,6 +193,13 @@ class RunTags:
     RUN_DATE: Final = "modelyard.run_date"
     RUN_ID: Final = "modelyard.run_id"
     PROMOTION: Final = "modelyard.promotion"
+    #: A tuning step's Optuna study, on its parent run and the version it registers.
+    STUDY: Final = "modelyard.study"
+    #: The trial: its number on its child run; the best trial's on the parent and version.
+    TRIAL: Final = "modelyard.trial"
+    TRIAL_RUN_ID: Final = "modelyard.trial_run_id"
+    #: COMPLETE, PRUNED or FAIL, on a trial's child run.
+    TRIAL_STATE: Final = "modelyard.trial_state"
 
 
 #: The training run's sample of its training features: the drift check's reference.
@@ -206,6 +226,12 @@ PART_OF: Final = "modelyard"
 MANAGED_BY: Final = "modelyard"
 LABEL_PIPELINE: Final = "modelyard.io/pipeline"
 LABEL_STEP: Final = "modelyard.io/step"
+#: On a pipeline's step Jobs and their pods: the run date (YYYY-MM-DD) of their run.
+LABEL_RUN_DATE: Final = "modelyard.io/run-date"
+#: On the pods of tuning steps: the study storage's NetworkPolicy admits only these.
+LABEL_STUDY_CLIENT: Final = "modelyard.io/study-client"
+#: On a step Job: the run (orchestrating Job) that created it.
+ANNOTATION_RUN_ID: Final = "modelyard.io/run-id"
 LABEL_DRIFT_OF: Final = "modelyard.io/drift-of"
 
 ANNOTATION_MODEL_URI: Final = "modelyard.io/model-uri"

@@ -83,10 +83,18 @@ def test_no_wildcards(values: Path) -> None:
             assert "resourceNames" not in rule
 
 
+#: The pipelines' orchestrator, in its own namespace (tests/unit/chart/test_pipelines_contract.py).
+PIPELINES = "my-modelyard-pipelines"
+
+
+def operator_roles(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [o for o in find(objects, kind) if o["metadata"]["name"] != PIPELINES]
+
+
 def test_cluster_wide_mode() -> None:
     objects = render()
-    assert find(objects, "Role") == []
-    assert find(objects, "RoleBinding") == []
+    assert operator_roles(objects, "Role") == []
+    assert operator_roles(objects, "RoleBinding") == []
     role = operator_role(objects)
     assert permissions(role) == {**NAMESPACED, **CLUSTER_READ}
     binding = one(objects, "ClusterRoleBinding")
@@ -106,11 +114,11 @@ def test_cluster_wide_mode() -> None:
 
 def test_namespaced_mode() -> None:
     objects = render("--set", "operator.watchNamespaces={team-a,team-b}")
-    roles = find(objects, "Role")
+    roles = operator_roles(objects, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
         assert permissions(role) == NAMESPACED
-    bindings = find(objects, "RoleBinding")
+    bindings = operator_roles(objects, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for binding in bindings:
         assert binding["roleRef"]["kind"] == "Role"
