@@ -1,15 +1,25 @@
-"""Model server benchmark: modelyard's server against ``mlflow models serve``.
+"""Model server benchmark: modelyard's server against the servers a user would use instead.
 
     .venv/bin/python benchmarks/serving_bench.py --repetitions 3 --duration 5
+    .venv/bin/python benchmarks/serving_bench.py --peer mlserver --models bench-rf
 
 Registers the same two models in a real, temporary ``mlflow server`` (a 100-tree
 RandomForest and a LogisticRegression, 20 numeric features), serves each with both
 servers (one worker each, the same ``models:/`` URI), and loads them from a separate
-process (benchmarks/serving_load.py) with one row per request to ``/invocations`` in
-MLflow's ``dataframe_split`` format, at concurrency 1 and 32. Repetitions alternate
-between the servers. Also measures the in-process ``predict`` floor (one row, 32 rows).
-Prints a Markdown table of medians and writes all runs as JSON (``--output``).
-Everything listens on 127.0.0.1 and is stopped at the end.
+process (benchmarks/serving_load.py) with one row per request at concurrency 1 and 32.
+Repetitions alternate between the servers. Two peers:
+
+- ``mlflow``: ``mlflow models serve``, both loaded on ``/invocations`` in MLflow's
+  ``dataframe_split`` format;
+- ``mlserver``: MLServer, as ``mlflow models serve --enable-mlserver`` runs it, both loaded
+  on the Open Inference Protocol's ``/v2/models/NAME/infer`` with one input per column.
+  MLServer pins older FastAPI and protobuf than this project, and MLflow dropped the flag
+  in 3.13: it runs from its own virtual environment (``--mlserver-venv``, created with
+  :data:`MLSERVER_REQUIREMENTS` when missing).
+
+Also measures the in-process ``predict`` floor (one row, 32 rows). Prints a Markdown
+table of medians and writes all runs as JSON (``--output``). Everything listens on
+127.0.0.1 and is stopped at the end.
 """
 
 from __future__ import annotations
@@ -35,6 +45,16 @@ HERE = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
 N_FEATURES = 20
 CONCURRENCIES = (1, 32)
+#: MLServer's environment: the last MLflow with --enable-mlserver, and the versions of the
+#: model's libraries this project uses (so both servers load the same model alike).
+#: uvloop 0.22 broke MLServer 1.7.1's inference workers (no current event loop).
+MLSERVER_REQUIREMENTS = (
+    "mlflow==3.12.0",
+    "mlserver==1.7.1",
+    "mlserver-mlflow==1.7.1",
+    "uvloop==0.21.0",
+)
+MODEL_LIBRARIES = ("scikit-learn", "skops", "numpy", "pandas", "scipy")
 
 
 def free_port() -> int:
@@ -148,6 +168,33 @@ def predict_floor(uri: str, repeats: int = 300) -> dict[str, float]:
     return result
 
 
+def mlserver_venv(path: Path) -> Path:
+    """The peer's virtual environment (made with uv when missing); its bin directory."""
+    from importlib.metadata import version
+
+    python = path / "bin" / "python"
+    if not python.exists():
+        uv = shutil.which("uv", path=str(VENV_BIN)) or "uv"
+        subprocess.run([uv, "venv", "-q", "--python", sys.executable, str(path)], check=True)
+        pins = [f"{name}=={version(name)}" for name in MODEL_LIBRARIES]
+        subprocess.run(
+            [uv, "pip", "install", "-q", "--python", str(python), *MLSERVER_REQUIREMENTS, *pins],
+            check=True,
+        )
+    return path / "bin"
+
+
+def v2_body(row: dict[str, float]) -> dict[str, Any]:
+    """One row as the Open Inference Protocol's columnar request (MLServer's tabular form)."""
+    return {
+        "parameters": {"content_type": "pd"},
+        "inputs": [
+            {"name": name, "shape": [1], "datatype": "FP64", "data": [value]}
+            for name, value in row.items()
+        ],
+    }
+
+
 def run_load(url: str, body: Path, concurrency: int, duration: float) -> dict[str, Any]:
     out = subprocess.run(
         [
@@ -179,7 +226,25 @@ def main() -> None:
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per load run")
     parser.add_argument("--output", type=Path, default=Path("serving-bench.json"))
+    parser.add_argument(
+        "--peer",
+        choices=("mlflow", "mlserver"),
+        default="mlflow",
+        help="mlflow: /invocations against `mlflow models serve`; mlserver: the V2 "
+        "protocol against MLServer (mlflow models serve --enable-mlserver)",
+    )
+    parser.add_argument(
+        "--models", nargs="+", choices=("bench-rf", "bench-lr"), default=["bench-rf", "bench-lr"]
+    )
+    parser.add_argument(
+        "--mlserver-venv",
+        type=Path,
+        default=Path.home() / ".cache" / "modelyard" / "mlserver-venv",
+        help="MLServer's own virtual environment (created when missing)",
+    )
     args = parser.parse_args()
+    peer: str = args.peer
+    peer_bin = mlserver_venv(args.mlserver_venv) if peer == "mlserver" else VENV_BIN
 
     work = Path(tempfile.mkdtemp(prefix="serving-bench-"))
     mlflow_port = free_port()
@@ -189,9 +254,12 @@ def main() -> None:
     env = child_env(MLFLOW_TRACKING_URI=tracking_uri)
     row = {f"f{i}": round(0.1 * i - 1, 3) for i in range(N_FEATURES)}
     body = work / "one-row.json"
-    body.write_text(
-        json.dumps({"dataframe_split": {"columns": list(row), "data": [list(row.values())]}})
-    )
+    if peer == "mlserver":
+        body.write_text(json.dumps(v2_body(row)))
+    else:
+        body.write_text(
+            json.dumps({"dataframe_split": {"columns": list(row), "data": [list(row.values())]}})
+        )
     results: list[dict[str, Any]] = []
     floors: dict[str, dict[str, float]] = {}
     # Other work on the machine skews everything: record how busy it was.
@@ -220,20 +288,38 @@ def main() -> None:
             uris = register_models(tracking_uri)
             os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
             for name, uri in uris.items():
+                if name not in args.models:
+                    continue
                 floor_before = predict_floor(uri)
                 ours_port, theirs_port = free_port(), free_port()
+                path = f"/v2/models/{name}/infer" if peer == "mlserver" else "/invocations"
+                theirs_env = env
+                if peer == "mlserver":
+                    # MLServer's gRPC and metrics servers default to fixed ports.
+                    theirs_env = child_env(
+                        MLFLOW_TRACKING_URI=tracking_uri,
+                        PATH=f"{peer_bin}{os.pathsep}{os.environ.get('PATH', '')}",
+                        MLSERVER_MODEL_NAME=name,
+                        MLSERVER_GRPC_PORT=str(free_port()),
+                        MLSERVER_METRICS_PORT=str(free_port()),
+                    )
+                peer_args = ["--enable-mlserver"] if peer == "mlserver" else []
+                peer_ready = "/v2/health/ready" if peer == "mlserver" else "/ping"
                 servers = {
                     "modelyard": (
                         [modelyard_bin, "serve", "-m", uri, "--host", "127.0.0.1",
                          "--port", str(ours_port)],
                         f"http://127.0.0.1:{ours_port}",
                         "/readyz",
+                        env,
                     ),
-                    "mlflow": (
-                        [mlflow_bin, "models", "serve", "-m", uri, "--env-manager", "local",
-                         "--host", "127.0.0.1", "--port", str(theirs_port), "--workers", "1"],
+                    peer: (
+                        [str(peer_bin / "mlflow"), "models", "serve", "-m", uri, *peer_args,
+                         "--env-manager", "local", "--host", "127.0.0.1",
+                         "--port", str(theirs_port), "--workers", "1"],
                         f"http://127.0.0.1:{theirs_port}",
-                        "/ping",
+                        peer_ready,
+                        theirs_env,
                     ),
                 }  # fmt: skip
                 with (
@@ -241,21 +327,19 @@ def main() -> None:
                         servers["modelyard"][0],
                         servers["modelyard"][1] + servers["modelyard"][2],
                         work / f"{name}-modelyard.log",
-                        env,
+                        servers["modelyard"][3],
                     ),
                     running(
-                        servers["mlflow"][0],
-                        servers["mlflow"][1] + servers["mlflow"][2],
-                        work / f"{name}-mlflow.log",
-                        env,
+                        servers[peer][0],
+                        servers[peer][1] + servers[peer][2],
+                        work / f"{name}-{peer}.log",
+                        servers[peer][3],
                     ),
                 ):
                     for repetition in range(args.repetitions):
                         for concurrency in CONCURRENCIES:
-                            for server, (_, base, _) in servers.items():
-                                run = run_load(
-                                    f"{base}/invocations", body, concurrency, args.duration
-                                )
+                            for server, (_, base, _, _) in servers.items():
+                                run = run_load(f"{base}{path}", body, concurrency, args.duration)
                                 run.update(model=name, server=server, repetition=repetition)
                                 results.append(run)
                                 print(json.dumps(run), file=sys.stderr)
@@ -269,12 +353,13 @@ def main() -> None:
     load_after = os.getloadavg()
     args.output.write_text(
         json.dumps(
-            {"floors": floors, "runs": results, "loadavg": [load_before, load_after]}, indent=2
+            {"peer": peer, "floors": floors, "runs": results, "loadavg": [load_before, load_after]},
+            indent=2,
         )
     )
     print(
         "| model | concurrency | server | req/s | p50 ms | p99 ms | non-200 | "
-        "req/s vs mlflow | p50 - 1-row floor (ms) |"
+        f"req/s vs {peer} | p50 - 1-row floor (ms) |"
     )
     print("|---|---:|---|---:|---:|---:|---:|---:|---:|")
     for name in floors:
@@ -287,17 +372,37 @@ def main() -> None:
                     and r["server"] == server
                     and r["concurrency"] == concurrency
                 ]
-                for server in ("modelyard", "mlflow")
+                for server in ("modelyard", peer)
             }
-            mlflow_rps = median_of(by_server["mlflow"], "rps")
+            peer_rps = median_of(by_server[peer], "rps")
             for server, runs in by_server.items():
                 rps = median_of(runs, "rps")
                 failures = sum(sum(r["failures"].values()) for r in runs)
                 p50 = median_of(runs, "p50_ms")
                 print(
                     f"| {name} | {concurrency} | {server} | {rps:.0f} | {p50:.1f} | "
-                    f"{median_of(runs, 'p99_ms'):.1f} | {failures} | {rps / mlflow_rps:.1f}x | "
+                    f"{median_of(runs, 'p99_ms'):.1f} | {failures} | {rps / peer_rps:.1f}x | "
                     f"{p50 - floors[name]['floor_1_ms']:+.1f} |"
+                )
+    for name in floors:
+        for concurrency in CONCURRENCIES:
+            paired = []
+            for repetition in range(args.repetitions):
+                rps = {
+                    r["server"]: r["rps"]
+                    for r in results
+                    if r["model"] == name
+                    and r["concurrency"] == concurrency
+                    and r["repetition"] == repetition
+                }
+                if rps.get(peer):
+                    paired.append(rps["modelyard"] / rps[peer])
+            if paired:
+                print(
+                    f"\n{name} at concurrency {concurrency}: req/s vs {peer} per repetition "
+                    + ", ".join(f"{ratio:.1f}x" for ratio in paired)
+                    + f" (median {statistics.median(paired):.1f}x)",
+                    end="",
                 )
     for name, floor in floors.items():
         print(

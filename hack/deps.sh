@@ -5,9 +5,10 @@ set -euo pipefail
 # openssl/curl: cluster certificates and health checks; iproute2/procps: addresses and
 # processes; postgresql: ingestion tests start their own server; containerd, runc, CNI
 # plugins, iptables, conntrack: the node; buildah, debootstrap, gcc/libc6-dev: images
-# (static pause binary); lua5.4: the Argo CD health check's tests.
+# (static pause binary); lua5.4: the Argo CD health check's tests; chromium and a font:
+# the model server's OpenAPI page in a real browser.
 pkgs=(openssl curl iproute2 procps postgresql containerd runc containernetworking-plugins
-  iptables conntrack buildah debootstrap gcc libc6-dev lua5.4)
+  iptables conntrack buildah debootstrap gcc libc6-dev lua5.4 chromium fonts-dejavu-core)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -93,7 +93,10 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowSe
     proc, log = start_mlflow_server(root, port)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{url}/health", 240, proc, log)
+        # A parameter: on a machine shared with other jobs the server can take minutes.
+        wait_http(
+            f"{url}/health", float(os.environ.get("MODELYARD_MLFLOW_START_S", "240")), proc, log
+        )
         yield MlflowServer(url=url, root=root)
     finally:
         stop_process(proc)

@@ -33,6 +33,7 @@ from tests.support.incluster import (
 )
 from tests.support.kube import wait_for
 from tests.support.models import mlflow_uri, registry_login
+from tests.support.servers import REPO
 from tests.support.users import User, make_user
 
 # Setting up the release (images loaded, chart installed) takes minutes on 2 cores.
@@ -102,6 +103,7 @@ def champion(node_cluster: Any, release: str) -> int:
         f"job/{job}",
         "--timeout=900s",
         check=False,
+        timeout=960,
     )
     if done.returncode != 0:
         logs = node_cluster.run_kubectl("-n", release, "logs", f"job/{job}", check=False)
@@ -119,6 +121,73 @@ def test_pipeline_job_trains_and_registers_the_champion(
         run = mlflow.get_run(version.run_id)
         sources = [d.dataset.source for d in run.inputs.dataset_inputs]
         assert sources and all("date=" in s for s in sources)  # lineage: exact partitions
+
+
+def test_the_pipeline_ran_as_one_job_per_step_with_their_resources(
+    node_cluster: Any, release: str, champion: int, tmp_path: Path
+) -> None:
+    """The CronJob's pod orchestrated: one Job per step, the fanned-out ingestion as an
+    Indexed Job, each with the resources its step declares; and the model it registered
+    is the one a local run of the same pipeline for the same date makes."""
+    from modelyard.pipelines.definition import load_pipeline
+
+    sample = REPO / "pipelines" / "samples" / "churn.yaml"
+    pipeline = load_pipeline(sample, {}, strict_placeholders=False)
+    # The step Jobs (the orchestrating Job has the pipeline's label but no step).
+    selector = f"modelyard.io/pipeline={MODEL},modelyard.io/step"
+    jobs = json.loads(
+        node_cluster.run_kubectl("-n", release, "get", "jobs", "-l", selector, "-o", "json").stdout
+    )["items"]
+    by_step = {j["metadata"]["labels"]["modelyard.io/step"]: j for j in jobs}
+    print("\n".join(sorted(j["metadata"]["name"] for j in jobs)))  # the Jobs, for the log
+    assert set(by_step) == set(pipeline.order)
+    dates = {j["metadata"]["labels"]["modelyard.io/run-date"] for j in jobs}
+    assert len(dates) == 1
+    for name, job in by_step.items():
+        step = pipeline.step(name)
+        assert job["metadata"]["name"] == f"{MODEL}-{dates.copy().pop().replace('-', '')}-{name}"
+        assert job["status"].get("succeeded"), name
+        [container] = job["spec"]["template"]["spec"]["containers"]
+        declared = step.resources or pipeline.spec.resources
+        assert container["resources"] == {
+            k: dict(v) for k, v in declared.model_dump().items() if v
+        }, name
+        if step.fan_out is not None:
+            assert job["spec"]["completionMode"] == "Indexed"
+            assert job["spec"]["completions"] == step.fan_out.completions
+            assert job["status"]["succeeded"] == step.fan_out.completions
+        else:
+            assert job["spec"].get("completionMode", "NonIndexed") == "NonIndexed"
+    assert by_step["ingest-usage"]["spec"]["completionMode"] == "Indexed"
+
+    # The same pipeline run here, for the same date: the same model.
+    run_date = dates.pop()
+    summary = tmp_path / "summary.json"
+    local = subprocess.run(
+        [str(Path(sys.executable).parent / "modelyard"), "pipeline", "run", str(sample),
+         "--home", str(tmp_path / "home"), "--date", run_date, "--summary-json", str(summary)],
+        capture_output=True, text=True, timeout=900, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert local.returncode == 0, local.stdout[-3000:] + local.stderr[-3000:]
+    trained = json.loads(summary.read_text())["steps"]["train"]["result"]
+    from mlflow import MlflowClient
+
+    here = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'home' / 'mlflow.db'}")
+    local_run = here.get_run(trained["run_id"])
+    with mlflow_client(node_cluster, release) as (mlflow, _):
+        version = mlflow.get_model_version(MODEL, str(champion))
+        cluster_run = mlflow.get_run(version.run_id)
+    assert cluster_run.data.params == local_run.data.params
+    metrics = ("holdout_roc_auc", "holdout_accuracy", "holdout_f1", "holdout_log_loss")
+    for metric in metrics:
+        assert cluster_run.data.metrics[metric] == pytest.approx(
+            local_run.data.metrics[metric], abs=1e-12
+        ), metric
+
+    def digests(run: Any) -> set[tuple[str, str]]:
+        return {(d.dataset.name, d.dataset.digest) for d in run.inputs.dataset_inputs}
+
+    assert digests(cluster_run) == digests(local_run)  # the same data, partition by partition
 
 
 @pytest.fixture(scope="module")

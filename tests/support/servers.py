@@ -194,11 +194,14 @@ class Cluster:
     def kubectl(self) -> str:
         return str(self.bin_dir / "kubectl")
 
-    def run_kubectl(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def run_kubectl(
+        self, *args: str, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        """kubectl on this cluster; ``timeout`` must exceed a ``kubectl wait --timeout``."""
         return subprocess.run(
             [self.kubectl, "--kubeconfig", str(self.kubeconfig), *args],
             capture_output=True,
             text=True,
             check=check,
-            timeout=120,
+            timeout=timeout,
         )

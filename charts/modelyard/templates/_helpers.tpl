@@ -265,6 +265,11 @@ hung run must never block the next ones (concurrencyPolicy Forbid).
 {{- printf "%s-%s" (include "modelyard.fullname" .ctx) .name | lower | replace "_" "-" | trunc 52 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* The pipelines' orchestrator ServiceAccount (and its Role and RoleBinding). */}}
+{{- define "modelyard.pipelines.serviceAccountName" -}}
+{{- printf "%s-pipelines" (include "modelyard.fullname" .) -}}
+{{- end -}}
+
 {{- define "modelyard.pipeline.configMapName" -}}
 {{- printf "%s-%s-pipeline" (include "modelyard.fullname" .ctx) .name | lower | replace "_" "-" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}

@@ -93,7 +93,8 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--all-namespaces", "-A", help="Every namespace.")
         ] = False,
     ) -> None:
-        """What is live, what is pending and since when, and how each deployment is."""
+        """What is live, what is pending and since when, and how each deployment is; then
+        where each server answers each protocol (status.endpoints under status.url)."""
         show_status(namespace, all_namespaces)
 
 
@@ -312,3 +313,27 @@ def show_status(namespace: str | None, all_namespaces: bool) -> None:
         console.print(f"no ModelDeployments in {where}")
         return
     console.print(table)
+    endpoints = endpoints_table(items)
+    if endpoints.row_count:
+        console.print()
+        console.print(endpoints)
+
+
+def endpoints_table(items: list[dict[str, Any]]) -> Any:
+    """One row per protocol each server speaks, with the URL to send requests to."""
+    from rich.table import Table
+
+    table = Table(title_justify="left", box=None, pad_edge=False)
+    for column in ("NAMESPACE", "NAME", "PROTOCOL", "URL"):
+        table.add_column(column)
+    for md in sorted(items, key=lambda m: (m["metadata"]["namespace"], m["metadata"]["name"])):
+        state = md.get("status") or {}
+        base = str(state.get("url") or "").rstrip("/")
+        for endpoint in state.get("endpoints") or []:
+            table.add_row(
+                md["metadata"]["namespace"],
+                md["metadata"]["name"],
+                str(endpoint.get("protocol", "?")),
+                f"{base}{endpoint.get('path', '')}",
+            )
+    return table

@@ -498,6 +498,7 @@ class _Planner:
             "pending": self.pending,
             "history": self.history,
             "url": server_url(self.name, self.namespace, self.settings.cluster_domain),
+            "endpoints": c.server_endpoints(self.spec.model.name),
             "conditions": self.conditions,
         }
 

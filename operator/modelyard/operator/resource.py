@@ -11,7 +11,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from modelyard.core.contracts import WINDOW_PATTERN
+from modelyard.core import contracts as c
+from modelyard.core.contracts import MEMORY_PATTERN, WINDOW_PATTERN
 from modelyard.core.registry import ModelReference
 
 GROUP = "modelyard.io"
@@ -126,12 +127,42 @@ class Retrain(_Model):
     cron_job_name: str = Field(min_length=1, max_length=52, alias="cronJobName")
 
 
+class DriftMemoryRequest(_Model):
+    memory: str = Field(default=c.DRIFT_MEMORY_REQUEST, pattern=MEMORY_PATTERN)
+
+
+class DriftMemoryLimit(_Model):
+    memory: str = Field(default=c.DRIFT_MEMORY_LIMIT, pattern=MEMORY_PATTERN)
+
+
+class DriftResources(_Model):
+    """Memory of the drift CronJob's pod; the check's --memory-budget follows the limit."""
+
+    requests: DriftMemoryRequest = Field(default_factory=DriftMemoryRequest)
+    limits: DriftMemoryLimit = Field(default_factory=DriftMemoryLimit)
+
+    @model_validator(mode="after")
+    def _request_within_limit(self) -> DriftResources:
+        limit = c.parse_memory(self.limits.memory)
+        if limit < c.parse_memory(c.DRIFT_MEMORY_LIMIT_MIN):
+            raise ValueError(f"limits.memory must be at least {c.DRIFT_MEMORY_LIMIT_MIN}")
+        if c.parse_memory(self.requests.memory) > limit:
+            raise ValueError("requests.memory must not exceed limits.memory")
+        return self
+
+    @property
+    def memory_budget(self) -> str:
+        """``modelyard drift check --memory-budget``: half the limit (contracts)."""
+        return c.drift_memory_budget(self.limits.memory)
+
+
 class DriftMonitoring(_Model):
     schedule: str = Field(default="0 * * * *", min_length=1)
     window: str = Field(default="24h", pattern=WINDOW_PATTERN)
     thresholds: DriftThresholds = Field(default_factory=DriftThresholds)
     prediction_log: str | None = Field(default=None, alias="predictionLog")
     retrain: Retrain | None = None
+    resources: DriftResources = Field(default_factory=DriftResources)
 
 
 class Monitoring(_Model):

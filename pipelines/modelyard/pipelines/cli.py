@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import enum
 import os
 import signal
 import sys
@@ -17,6 +19,8 @@ from modelyard.core.redaction import redact_text, redact_uri
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from modelyard.pipelines.context import RunSettings
+    from modelyard.pipelines.definition import Pipeline
     from modelyard.pipelines.runner import PipelineRunResult, StepRun
 
 # Rich assumes 80 columns when stdout is not a terminal (CI logs, kubectl logs); the
@@ -42,6 +46,10 @@ _DETAIL_KEYS = (
     "rows_unmatched",
     "rows_checked",
     "holdout_roc_auc",
+    "study",
+    "best_trial",
+    "best_cv_roc_auc",
+    "trials",
     "run_id",
     "version",
     "promoted",
@@ -107,6 +115,7 @@ def _progress_table(steps: dict[str, StepRun], title: str) -> Table:
     table.add_column("status")
     table.add_column("attempt", justify="right")
     table.add_column("time", justify="right")
+    table.add_column("progress")
     for step in steps.values():
         style = _STATUS_STYLE[step.status.value]
         table.add_row(
@@ -114,6 +123,7 @@ def _progress_table(steps: dict[str, StepRun], title: str) -> Table:
             f"[{style}]{step.status.value}[/]",
             str(step.attempts or ""),
             _duration(step.duration),
+            step.progress or "",
         )
     return table
 
@@ -169,6 +179,66 @@ def _summary_json(result: PipelineRunResult) -> dict[str, Any]:
     }
 
 
+class Executor(enum.StrEnum):
+    LOCAL = "local"
+    KUBERNETES = "kubernetes"
+
+
+#: Where Kubernetes reads a container's last words (shown in the pod's status).
+_TERMINATION_LOG = Path("/dev/termination-log")
+
+
+def _termination_message(result: PipelineRunResult) -> None:
+    """In a step's pod, leave the step's error where the orchestrator reads it."""
+    errors = [f"{s.name}: {s.error}" for s in result.steps.values() if s.error]
+    if errors and _TERMINATION_LOG.exists():
+        with contextlib.suppress(OSError):
+            _TERMINATION_LOG.write_text("\n".join(errors)[-4000:])
+
+
+def _run(
+    executor: Executor,
+    pipeline: Pipeline,
+    settings: RunSettings,
+    title: str,
+    *,
+    date_given: bool,
+    only_steps: list[str] | None,
+    partition_index: int | None,
+    skip_steps: list[str] | None,
+    run_id: str | None,
+) -> PipelineRunResult:
+    from rich.live import Live
+
+    from modelyard.pipelines.runner import PipelineRunner
+
+    if executor is Executor.KUBERNETES:
+        from modelyard.pipelines.cluster import ClusterError, run_in_cluster
+
+        try:
+            return run_in_cluster(
+                pipeline,
+                settings,
+                date_given=date_given,
+                only_steps=only_steps,
+                skip_steps=skip_steps,
+            )
+        except ClusterError as error:
+            error_console.print(f"[bold red]error:[/] {error}")
+            raise typer.Exit(2) from None
+    with Live(console=console, refresh_per_second=4, transient=True) as live:
+        runner = PipelineRunner(
+            pipeline,
+            settings,
+            only_steps,
+            partition_index,
+            on_update=lambda steps: live.update(_progress_table(steps, title)),
+            run_id=run_id,
+            skip_steps=skip_steps,
+        )
+        return runner.run()
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``pipeline`` and ``data`` command groups to the top-level CLI."""
     pipeline_app = typer.Typer(
@@ -201,19 +271,36 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option("--summary-json", help="Also write the run summary as JSON here."),
         ] = None,
+        executor: Annotated[
+            Executor,
+            typer.Option(
+                "--executor",
+                envvar="MODELYARD_EXECUTOR",
+                help="local: every step a process here. kubernetes (in the pipeline's "
+                "CronJob pod): every step a Job of its own, this pod only orchestrates.",
+            ),
+        ] = Executor.LOCAL,
+        run_id: Annotated[
+            str | None,
+            typer.Option(
+                "--run-id",
+                envvar="MODELYARD_RUN_ID",
+                help="The run this is part of, recorded on MLflow runs (default: a new id).",
+            ),
+        ] = None,
     ) -> None:
-        """Run a pipeline here and exit non-zero if any step fails.
+        """Run a pipeline and exit non-zero if any step fails.
 
         Independent steps run in parallel, each attempt in its own process with the step's
-        timeout and retries.
+        timeout and retries; with --executor kubernetes each step runs as its own Job.
+        Every step stores its result in the lake (LAKE/_runs), where a step run on its
+        own (--step) finds what its dependencies returned for the same date.
         """
         import json
-
-        from rich.live import Live
+        import logging
 
         from modelyard.pipelines.context import INDEX_ENV, RunSettings
         from modelyard.pipelines.definition import PipelineDefinitionError, load_pipeline
-        from modelyard.pipelines.runner import run_pipeline
 
         settings = RunSettings.resolve(home, lake, tracking_uri, _parse_date(date))
         try:
@@ -232,19 +319,26 @@ def register(app: typer.Typer) -> None:
         # Stopped from outside (kill, the CronJob's deadline): unwind, so the runner
         # stops the steps' process groups instead of leaving them running.
         signal.signal(signal.SIGTERM, _exit_on_signal)
-        with Live(console=console, refresh_per_second=4, transient=True) as live:
-            try:
-                result = run_pipeline(
-                    pipeline,
-                    settings,
-                    only_steps=step,
-                    partition_index=partition_index,
-                    on_update=lambda steps: live.update(_progress_table(steps, title)),
-                    skip_steps=skip,
-                )
-            except PipelineDefinitionError as error:
-                error_console.print(f"[bold red]error:[/] {error}")
-                raise typer.Exit(2) from None
+        # In a pod the log is the progress report (kubectl logs); a terminal gets a table.
+        logging.basicConfig(
+            level=logging.INFO if executor is Executor.KUBERNETES else logging.WARNING,
+            format="%(asctime)s %(levelname)s %(message)s",
+        )
+        try:
+            result = _run(
+                executor,
+                pipeline,
+                settings,
+                title,
+                date_given=date is not None,
+                only_steps=step,
+                partition_index=partition_index,
+                skip_steps=skip,
+                run_id=run_id,
+            )
+        except PipelineDefinitionError as error:
+            error_console.print(f"[bold red]error:[/] {error}")
+            raise typer.Exit(2) from None
         console.print(_summary_table(result))
         if result.rows_quarantined:
             console.print(
@@ -256,6 +350,7 @@ def register(app: typer.Typer) -> None:
                 redact_text(json.dumps(_summary_json(result), indent=2, default=str))
             )
         if not result.succeeded:
+            _termination_message(result)
             raise typer.Exit(1)
 
     @pipeline_app.command("validate")
@@ -289,7 +384,9 @@ def register(app: typer.Typer) -> None:
                 ", ".join(spec.depends_on),
                 f"{spec.timeout_seconds:g}s" if spec.timeout_seconds else "-",
                 str(spec.retries.attempts),
-                f"{spec.fan_out.completions} x{spec.fan_out.parallelism}" if spec.fan_out else "-",
+                f"{spec.fan_out.completions} x{spec.fan_out.parallelism}"
+                if spec.fan_out
+                else (f"{spec.parallelism} workers" if spec.parallelism else "-"),
             )
         console.print(table)
         console.print("[green]valid[/]")
@@ -304,11 +401,14 @@ def register(app: typer.Typer) -> None:
         namespace: Annotated[str | None, typer.Option("--namespace", "-n")] = None,
         job: Annotated[
             str | None,
-            typer.Option(help="Render the Indexed Job of this fanned-out step, not the CronJob."),
+            typer.Option(
+                help="Render the Job of this step (an Indexed Job when it fans out or runs "
+                "in parallel), as the orchestrator creates it, not the CronJob."
+            ),
         ] = None,
         date: Annotated[
             str | None,
-            typer.Option("--date", help="Run date for --job (default: the day it runs)."),
+            typer.Option("--date", help="Run date for --job (default: today, UTC)."),
         ] = None,
         lake: Annotated[
             str | None, typer.Option(help="Data lake URL the pods use (MODELYARD_LAKE).")
@@ -345,11 +445,25 @@ def register(app: typer.Typer) -> None:
             typer.Option("--skip", help="Steps the CronJob leaves out (e.g. run as Jobs)."),
         ] = None,
         suspend: Annotated[bool, typer.Option(help="Render the CronJob suspended.")] = False,
+        executor: Annotated[
+            Executor,
+            typer.Option(
+                "--executor",
+                help="kubernetes: the CronJob's pod runs each step as a Job (rendered with "
+                "its ServiceAccount, Role and RoleBinding). local: the whole run in one pod.",
+            ),
+        ] = Executor.KUBERNETES,
+        steps_on_node: Annotated[
+            bool,
+            typer.Option(
+                help="Run the step pods on the orchestrator's node (a ReadWriteOnce lake)."
+            ),
+        ] = False,
     ) -> None:
-        """Print a pipeline's Kubernetes YAML (ConfigMap + CronJob, or an Indexed Job).
+        """Print a pipeline's Kubernetes YAML: ConfigMap, CronJob and the orchestrator's
+        ServiceAccount and Role; or, with --job STEP, the Job of one step.
 
-        With --job STEP: the Indexed Job of that fanned-out step. Pipe the output to
-        `kubectl apply -f -`.
+        Pipe the output to `kubectl apply -f -`.
         """
         import yaml
 
@@ -368,7 +482,7 @@ def register(app: typer.Typer) -> None:
         except PipelineDefinitionError as error:
             error_console.print(f"[bold red]error:[/] {error}")
             raise typer.Exit(2) from None
-        _parse_date(date)
+        run_date = _parse_date(date)
         options = RenderOptions(
             image=image or DEFAULT_IMAGE,
             namespace=namespace,
@@ -381,9 +495,11 @@ def register(app: typer.Typer) -> None:
             service_account=service_account,
             skip_steps=list(skip or []),
             suspend=suspend,
+            executor=executor.value,
+            steps_on_node=steps_on_node,
         )
         try:
-            objects = build_manifests(pipeline.spec, pipeline.source_text, options, job, date)
+            objects = build_manifests(pipeline.spec, pipeline.source_text, options, job, run_date)
         except ValueError as error:
             error_console.print(f"[bold red]error:[/] {error}")
             raise typer.Exit(2) from None

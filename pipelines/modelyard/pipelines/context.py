@@ -7,7 +7,9 @@ and CLI options override them, which is how the CronJob configures a run in-clus
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,10 @@ RUN_DATE_ENV = PipelineEnv.RUN_DATE
 TRACKING_ENV = TRACKING_URI_ENV
 # Set by Kubernetes in each pod of an Indexed Job, and by the local runner for fan-out.
 INDEX_ENV = PipelineEnv.COMPLETION_INDEX
+
+logger = logging.getLogger(__name__)
+#: Where ``StepContext.report`` sends progress in a step's process (set by the runner).
+progress_sink: Callable[[str], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -84,6 +90,14 @@ class StepContext:
     @property
     def run_date(self) -> dt.date:
         return self.settings.run_date
+
+    def report(self, progress: str) -> None:
+        """A line about how far the step is, shown while it runs (``pipeline run``'s
+        progress table locally, the pod's log in the cluster)."""
+        if progress_sink is not None:
+            progress_sink(progress)
+        else:
+            logger.info("%s: %s", self.step, progress)
 
     def shard(self, items: list[Any]) -> list[Any]:
         """This partition's share of ``items`` (all of them when not fanned out)."""

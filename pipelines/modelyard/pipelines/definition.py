@@ -21,7 +21,15 @@ from typing import Any, Literal
 
 import yaml
 from croniter import croniter
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 # Kubernetes object names: CronJob names are limited to 52 characters because the
 # controller appends an 11-character suffix to the Jobs it creates.
@@ -91,6 +99,31 @@ class StepSpec(_Strict):
     retries: RetryPolicy = RetryPolicy()
     resources: Resources | None = None
     fan_out: FanOut | None = None
+    parallelism: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description="Workers of this step running at once, sharing their work through a "
+        "store (a tuning study): N calls, each told its worker index; in the cluster an "
+        "Indexed Job of N pods.",
+    )
+
+    @model_validator(mode="after")
+    def _one_kind_of_indexes(self) -> StepSpec:
+        if self.fan_out is not None and self.parallelism is not None:
+            raise ValueError(
+                "a step has either fan_out (partitions of the data) or parallelism "
+                "(workers sharing one piece of work), not both"
+            )
+        return self
+
+    @property
+    def indexes(self) -> FanOut | None:
+        """How the step is split into indexed calls (pods): its fan-out, or one index per
+        worker; None for a step that runs once."""
+        if self.parallelism is not None:
+            return FanOut(completions=self.parallelism, parallelism=self.parallelism)
+        return self.fan_out
 
     @field_validator("name")
     @classmethod
@@ -160,6 +193,22 @@ class PipelineSpec(_Strict):
 
 
 StepFunction = Callable[..., Any]
+_POD_LABELS = "modelyard_pod_labels"
+
+
+def pod_labels(labels: dict[str, str]) -> Callable[[StepFunction], StepFunction]:
+    """Decorator: the pods of this step carry ``labels`` in the cluster (e.g. the label a
+    NetworkPolicy admits to a database only this step talks to)."""
+
+    def mark(function: StepFunction) -> StepFunction:
+        function.__dict__[_POD_LABELS] = dict(labels)
+        return function
+
+    return mark
+
+
+def step_pod_labels(function: StepFunction) -> dict[str, str]:
+    return dict(getattr(function, _POD_LABELS, {}))
 
 
 class Pipeline:

@@ -24,8 +24,10 @@ from multiprocessing.process import BaseProcess
 from typing import Any
 
 from modelyard.core.redaction import install_log_redaction, redact_text
+from modelyard.pipelines import context as context_module
 from modelyard.pipelines.context import INDEX_ENV, RunSettings, StepContext
 from modelyard.pipelines.definition import Pipeline, resolve_function
+from modelyard.pipelines.results import RunResults, merge_partition_results
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +61,8 @@ class StepRun:
     ended: float | None = None
     result: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    #: The step's latest ``ctx.report`` (e.g. a tuning step's trials so far).
+    progress: str | None = None
 
     @property
     def duration(self) -> float | None:
@@ -97,6 +101,8 @@ class _Task:
     status: StepStatus = StepStatus.PENDING
     result: dict[str, Any] | None = None
     error: str | None = None
+    # The attempt's last word, when it arrived before its process was seen to end.
+    outcome: tuple[str, Any] | None = None
 
 
 def _attempt_entry(
@@ -115,6 +121,7 @@ def _attempt_entry(
         level=logging.INFO, format=f"%(asctime)s {context.step} %(levelname)s %(message)s"
     )
     install_log_redaction()
+    context_module.progress_sink = lambda text: connection.send(("progress", text))
     try:
         function = resolve_function(function_path)
         outcome = function(context, **arguments)
@@ -131,22 +138,12 @@ def _attempt_entry(
         connection.close()
 
 
-def _merge_partition_results(results: list[dict[str, Any]]) -> dict[str, Any]:
-    """One result for a fanned-out step: numbers summed, lists joined, other values kept."""
-    merged: dict[str, Any] = {}
-    for result in results:
-        for key, value in result.items():
-            if isinstance(value, bool) or key not in merged:
-                merged[key] = list(value) if isinstance(value, list) else value
-            elif isinstance(value, int | float) and isinstance(merged[key], int | float):
-                merged[key] += value
-            elif isinstance(value, list) and isinstance(merged[key], list):
-                merged[key].extend(value)
-    return merged
-
-
 class PipelineRunner:
-    """Runs one pipeline once. ``on_update`` is called whenever a step changes state."""
+    """Runs one pipeline once. ``on_update`` is called whenever a step changes state.
+
+    Every call's result is stored in the lake (``RunResults``); a dependency outside the
+    selected steps is taken as done, with the result it stored for this run date.
+    """
 
     def __init__(
         self,
@@ -171,13 +168,15 @@ class PipelineRunner:
         self.steps = {name: StepRun(name) for name in self.names}
         self.tasks: dict[str, list[_Task]] = {}
         for name in self.names:
-            fan_out = pipeline.step(name).fan_out
+            fan_out = pipeline.step(name).indexes
             if fan_out is None:
                 self.tasks[name] = [_Task(name, None)]
             elif partition_index is not None:
                 self.tasks[name] = [_Task(name, partition_index)]
             else:
                 self.tasks[name] = [_Task(name, i) for i in range(fan_out.completions)]
+        self.results = RunResults(settings.lake, pipeline.name, settings.run_date)
+        self._whole_steps = partition_index is None
         self._mp = multiprocessing.get_context("forkserver")
         self._mp.set_forkserver_preload(_PRELOAD)
 
@@ -194,13 +193,24 @@ class PipelineRunner:
             for d in self._dependencies(name)
         )
 
+    def _upstream(self, name: str) -> dict[str, Any]:
+        upstream: dict[str, Any] = {}
+        for dependency in self.pipeline.step(name).depends_on:
+            if dependency in self.steps:
+                upstream[dependency] = self.steps[dependency].result
+            else:
+                indexes = self.pipeline.step(dependency).indexes
+                stored = self.results.read(dependency, indexes.completions if indexes else None)
+                upstream[dependency] = stored or {}
+        return upstream
+
     def _running_tasks(self) -> list[_Task]:
         return [t for tasks in self.tasks.values() for t in tasks if t.process is not None]
 
     def _start(self, task: _Task) -> None:
         spec = self.pipeline.step(task.step)
         task.attempt += 1
-        fan_out = spec.fan_out
+        fan_out = spec.indexes
         context = StepContext(
             pipeline=self.pipeline.name,
             step=task.step,
@@ -209,7 +219,7 @@ class PipelineRunner:
             attempt=task.attempt,
             partition_index=task.index,
             partition_count=fan_out.completions if fan_out else None,
-            upstream={d: self.steps[d].result for d in self._dependencies(task.step)},
+            upstream=self._upstream(task.step),
         )
         receiver, sender = self._mp.Pipe(duplex=False)
         process = self._mp.Process(
@@ -227,6 +237,8 @@ class PipelineRunner:
         step.attempts = max(step.attempts, task.attempt)
         if step.started is None:
             step.started = time.monotonic()
+            if self._whole_steps:
+                self.results.clear(task.step)
         logger.info("started %s (attempt %d)", self._label(task), task.attempt)
 
     @staticmethod
@@ -248,21 +260,20 @@ class PipelineRunner:
     def _collect(self, task: _Task, timed_out: bool) -> None:
         """The attempt ended (or must end): record it, schedule a retry or finish the task."""
         assert task.process is not None and task.connection is not None
-        outcome: tuple[str, Any] | None = None
         if timed_out:
             self._kill(task)
+            outcome = None
         else:
-            try:
-                if task.connection.poll():
-                    outcome = task.connection.recv()
-            except (EOFError, OSError):
-                outcome = None
+            self._receive(task)
+            outcome, task.outcome = task.outcome, None
             task.process.join()
         exitcode = task.process.exitcode
         task.connection.close()
         task.process.close()
         task.process = task.connection = None
         spec = self.pipeline.step(task.step)
+        if outcome is not None and outcome[0] == "ok":
+            outcome = self._store(task, outcome[1])
         if outcome is not None and outcome[0] == "ok":
             task.status, task.result = StepStatus.SUCCEEDED, outcome[1]
         else:
@@ -280,13 +291,35 @@ class PipelineRunner:
                 task.status = StepStatus.RETRYING
         self._update_step(task.step)
 
+    def _receive(self, task: _Task) -> None:
+        """Read what the attempt sent so far: progress lines, then its outcome."""
+        assert task.connection is not None
+        try:
+            while task.outcome is None and task.connection.poll():
+                message = task.connection.recv()
+                if message[0] == "progress":
+                    self.steps[task.step].progress = str(message[1])
+                    self.on_update(self.steps)
+                else:
+                    task.outcome = message
+        except (EOFError, OSError):
+            pass
+
+    def _store(self, task: _Task, result: dict[str, Any]) -> tuple[str, Any]:
+        """Keep the result in the lake; a step whose result cannot be kept has failed."""
+        try:
+            self.results.write(task.step, task.index, result)
+        except (OSError, TypeError, ValueError) as error:
+            return ("error", f"cannot store the result in the lake: {error}")
+        return ("ok", result)
+
     def _update_step(self, name: str) -> None:
         step, tasks = self.steps[name], self.tasks[name]
         statuses = {t.status for t in tasks}
         if statuses == {StepStatus.SUCCEEDED}:
             step.status = StepStatus.SUCCEEDED
             results = [t.result or {} for t in tasks]
-            step.result = results[0] if len(results) == 1 else _merge_partition_results(results)
+            step.result = results[0] if len(results) == 1 else merge_partition_results(results)
         elif any(s in {StepStatus.FAILED, StepStatus.TIMED_OUT} for s in statuses):
             failed = next(t for t in tasks if t.status in {StepStatus.FAILED, StepStatus.TIMED_OUT})
             # Stop sibling partitions: the step has failed whatever they do.
@@ -352,7 +385,7 @@ class PipelineRunner:
             step = self.steps[name]
             if step.status.finished or not self._ready(name):
                 continue
-            fan_out = self.pipeline.step(name).fan_out
+            fan_out = self.pipeline.step(name).indexes
             running_here = sum(1 for t in self.tasks[name] if t.process is not None)
             limit = fan_out.parallelism if fan_out else 1
             for task in self.tasks[name]:
@@ -379,11 +412,20 @@ class PipelineRunner:
             wakeups.append(run_deadline)
         timeout = max(0.0, min([*wakeups, now + 0.5]) - now)
         sentinels = {t.process.sentinel: t for t in running if t.process is not None}
-        ready = multiprocessing.connection.wait(list(sentinels), timeout) if sentinels else []
+        connections = {id(t.connection): t for t in running if t.connection is not None}
+        waited: list[Any] = [*sentinels, *(t.connection for t in connections.values())]
+        ready = multiprocessing.connection.wait(waited, timeout) if sentinels else []
         if not sentinels:
             time.sleep(timeout)
-        for sentinel in ready:
-            self._collect(sentinels[_as_sentinel(sentinel)], timed_out=False)
+        for item in ready:
+            if isinstance(item, int):
+                continue
+            task = connections[id(item)]
+            if task.outcome is None:
+                self._receive(task)
+        for item in ready:
+            if isinstance(item, int):
+                self._collect(sentinels[_as_sentinel(item)], timed_out=False)
         now = time.monotonic()
         for task in self._running_tasks():
             if task.deadline is not None and now >= task.deadline:

@@ -19,6 +19,7 @@ import os
 import subprocess
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -154,12 +155,26 @@ class TrackedRun:
     """One MLflow run, logged through a client bound to the step's tracking URI: nothing
     here sets MLflow's process-wide tracking URI or active run."""
 
-    def __init__(self, ctx: StepContext, experiment: str, run_name: str, tags: dict[str, str]):
+    def __init__(
+        self,
+        ctx: StepContext,
+        experiment: str,
+        run_name: str,
+        tags: dict[str, str],
+        run_id: str | None = None,
+    ):
+        """A new run in ``experiment``, or (``run_id``) one that exists."""
         from mlflow import MlflowClient
 
         self.client = MlflowClient(
             tracking_uri=ctx.settings.tracking_uri, registry_uri=ctx.settings.tracking_uri
         )
+        if run_id is not None:
+            existing = self.client.get_run(run_id)
+            self.experiment_id: str = existing.info.experiment_id
+            self.run_id: str = run_id
+            self.artifact_uri: str = existing.info.artifact_uri
+            return
         found = self.client.get_experiment_by_name(experiment)
         if found is not None:
             experiment_id = found.experiment_id
@@ -170,9 +185,9 @@ class TrackedRun:
                 location = (ctx.settings.home / "artifacts").as_uri()
             experiment_id = self.client.create_experiment(experiment, artifact_location=location)
         run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
-        self.experiment_id: str = experiment_id
-        self.run_id: str = run.info.run_id
-        self.artifact_uri: str = run.info.artifact_uri
+        self.experiment_id = experiment_id
+        self.run_id = run.info.run_id
+        self.artifact_uri = run.info.artifact_uri
 
     def model(self, local_dir: Path, name: str = "model") -> tuple[str, str]:
         """Log a saved model as an MLflow 3 logged model of this run: its id, and where
@@ -214,6 +229,56 @@ class TrackedRun:
         self.client.set_terminated(self.run_id, "FINISHED" if succeeded else "FAILED")
 
 
+@dataclass(frozen=True)
+class TrainingData:
+    """A date window of feature partitions split into training and holdout."""
+
+    training: list[tuple[Partition, pd.DataFrame]]
+    holdout: list[tuple[Partition, pd.DataFrame]]
+    x_train: pd.DataFrame
+    y_train: pd.Series
+    x_holdout: pd.DataFrame
+    y_holdout: pd.Series
+    label: str
+    numeric_features: list[str]
+    categorical_features: list[str]
+
+
+def load_training_data(
+    ctx: StepContext,
+    features: str,
+    numeric_features: list[str],
+    categorical_features: list[str],
+    label: str,
+    days: int,
+    holdout_days: int,
+) -> TrainingData:
+    training, holdout = _load_window(ctx, features, days, holdout_days)
+    train_frame = pd.concat([frame for _, frame in training], ignore_index=True)
+    holdout_frame = pd.concat([frame for _, frame in holdout], ignore_index=True)
+    return TrainingData(
+        training,
+        holdout,
+        _model_inputs(train_frame, numeric_features, categorical_features),
+        train_frame[label].astype(bool),
+        _model_inputs(holdout_frame, numeric_features, categorical_features),
+        holdout_frame[label].astype(bool),
+        label,
+        numeric_features,
+        categorical_features,
+    )
+
+
+def run_tags(ctx: StepContext) -> dict[str, str]:
+    """The ``modelyard.*`` tags of every run a pipeline step logs."""
+    return {
+        c.RunTags.CODE_VERSION: code_version(),
+        c.RunTags.PIPELINE: ctx.pipeline,
+        c.RunTags.PIPELINE_RUN: ctx.run_id,
+        c.RunTags.RUN_DATE: ctx.run_date.isoformat(),
+    }
+
+
 def train_model(
     ctx: StepContext,
     features: str,
@@ -229,75 +294,79 @@ def train_model(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Step: fit, evaluate on the holdout, and log the run; see the module docstring."""
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
-
     estimator = estimator or EstimatorSettings()
-    training, holdout = _load_window(ctx, features, days, holdout_days)
-    train_frame = pd.concat([frame for _, frame in training], ignore_index=True)
-    holdout_frame = pd.concat([frame for _, frame in holdout], ignore_index=True)
-    x_train = _model_inputs(train_frame, numeric_features, categorical_features)
-    y_train = train_frame[label].astype(bool)
-    x_holdout = _model_inputs(holdout_frame, numeric_features, categorical_features)
-    y_holdout = holdout_frame[label].astype(bool)
-
+    data = load_training_data(
+        ctx, features, numeric_features, categorical_features, label, days, holdout_days
+    )
     model = build_model_pipeline(numeric_features, categorical_features, estimator, seed)
     run = TrackedRun(
         ctx,
         experiment or model_name,
         run_name=f"{ctx.pipeline}-{ctx.run_date.isoformat()}",
-        tags={
-            c.RunTags.CODE_VERSION: code_version(),
-            c.RunTags.PIPELINE: ctx.pipeline,
-            c.RunTags.PIPELINE_RUN: ctx.run_id,
-            c.RunTags.RUN_DATE: ctx.run_date.isoformat(),
-        },
+        tags=run_tags(ctx),
     )
     succeeded = False
     try:
-        run.params(
-            {
-                "estimator": estimator.kind,
-                **{f"estimator.{k}": v for k, v in estimator.parameters.items()},
-                "features_dataset": features,
-                "days": days,
-                "holdout_days": holdout_days,
-                "seed": seed,
-                "training_rows": len(x_train),
-                "holdout_rows": len(x_holdout),
-            }
-        )
-        for partition, frame in training:
-            run.dataset(_partition_dataset(partition, frame, label), c.TRAINING_CONTEXT)
-        for partition, frame in holdout:
-            run.dataset(_partition_dataset(partition, frame, label), c.HOLDOUT_CONTEXT)
+        params = {
+            "estimator": estimator.kind,
+            **{f"estimator.{k}": v for k, v in estimator.parameters.items()},
+            "features_dataset": features,
+            "days": days,
+            "holdout_days": holdout_days,
+            "seed": seed,
+        }
 
-        if search is not None:
-            model = _tune(run, model, search, x_train, y_train, seed)
-        else:
-            model.fit(x_train, y_train)
-        metrics = holdout_metrics(model, x_holdout, y_holdout)
-        run.metrics({f"holdout_{name}": value for name, value in metrics.items()})
+        def fit(model: Any) -> Any:
+            if search is not None:
+                return _tune(run, model, search, data.x_train, data.y_train, seed)
+            return model.fit(data.x_train, data.y_train)
 
-        example = x_train.head(5)
-        signature = infer_signature(example, model.predict(example))
-        with tempfile.TemporaryDirectory(prefix="modelyard-model-") as directory:
-            path = Path(directory) / "model"
-            mlflow.sklearn.save_model(
-                model,
-                str(path),
-                serialization_format="skops",
-                signature=signature,
-                input_example=example,
-                pip_requirements=_pip_requirements(),
-                skops_trusted_types=PIPELINE_TRUSTED_TYPES
-                + (TREE_TRUSTED_TYPES if estimator.kind == "random_forest" else []),
-            )
-            model_id, model_source = run.model(path)
-        _log_reference(run, x_train)
+        result = fit_and_log(run, data, model, estimator.kind, params, fit)
         succeeded = True
     finally:
         run.finish(succeeded)
+    return {**result, "model_name": model_name}
+
+
+def fit_and_log(
+    run: TrackedRun,
+    data: TrainingData,
+    model: Any,
+    estimator_kind: str,
+    params: dict[str, Any],
+    fit: Any,
+) -> dict[str, Any]:
+    """Log the parameters and datasets, fit (``fit(model)`` returns the fitted model),
+    score the holdout, log the model and the drift reference: a training step's result
+    (what ``register_and_promote`` registers), without the model name."""
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    run.params({**params, "training_rows": len(data.x_train), "holdout_rows": len(data.x_holdout)})
+    for partition, frame in data.training:
+        run.dataset(_partition_dataset(partition, frame, data.label), c.TRAINING_CONTEXT)
+    for partition, frame in data.holdout:
+        run.dataset(_partition_dataset(partition, frame, data.label), c.HOLDOUT_CONTEXT)
+    model = fit(model)
+    metrics = holdout_metrics(model, data.x_holdout, data.y_holdout)
+    run.metrics({f"holdout_{name}": value for name, value in metrics.items()})
+
+    example = data.x_train.head(5)
+    signature = infer_signature(example, model.predict(example))
+    with tempfile.TemporaryDirectory(prefix="modelyard-model-") as directory:
+        path = Path(directory) / "model"
+        mlflow.sklearn.save_model(
+            model,
+            str(path),
+            serialization_format="skops",
+            signature=signature,
+            input_example=example,
+            pip_requirements=_pip_requirements(),
+            skops_trusted_types=PIPELINE_TRUSTED_TYPES
+            + (TREE_TRUSTED_TYPES if estimator_kind == "random_forest" else []),
+        )
+        model_id, model_source = run.model(path)
+    _log_reference(run, data.x_train)
     logger.info("run %s: holdout roc_auc %.4f", run.run_id, metrics["roc_auc"])
     return {
         "run_id": run.run_id,
@@ -305,14 +374,13 @@ def train_model(
         "model_uri": f"models:/{model_id}",
         "model_id": model_id,
         "model_source": model_source,
-        "model_name": model_name,
         "holdout_roc_auc": round(metrics["roc_auc"], 4),
-        "training_partitions": [p.url for p, _ in training],
-        "holdout_partitions": [p.url for p, _ in holdout],
-        "rows_used": len(x_train) + len(x_holdout),
-        "label": label,
-        "numeric_features": numeric_features,
-        "categorical_features": categorical_features,
+        "training_partitions": [p.url for p, _ in data.training],
+        "holdout_partitions": [p.url for p, _ in data.holdout],
+        "rows_used": len(data.x_train) + len(data.x_holdout),
+        "label": data.label,
+        "numeric_features": data.numeric_features,
+        "categorical_features": data.categorical_features,
     }
 
 
@@ -402,7 +470,12 @@ def register_and_promote(
             name,
             str(trained["model_source"]),
             str(trained["run_id"]),
-            tags={c.RunTags.PIPELINE: ctx.pipeline, c.RunTags.RUN_ID: str(trained["run_id"])},
+            tags={
+                c.RunTags.PIPELINE: ctx.pipeline,
+                c.RunTags.RUN_ID: str(trained["run_id"]),
+                # Lineage a step adds (a tuning step: its study and best trial).
+                **{str(k): str(v) for k, v in (trained.get("version_tags") or {}).items()},
+            },
             model_id=str(trained["model_id"]),
         )
     )

@@ -84,7 +84,9 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--access-log", help="Log every HTTP request.")
         ] = False,
     ) -> None:
-        """Serve an MLflow model over HTTP: /predict, /invocations, /readyz, /metrics.
+        """Serve an MLflow model over HTTP in three protocols: BentoML's (POST /predict,
+        with the OpenAPI page at /), MLflow's scoring protocol (POST /invocations) and the
+        Open Inference Protocol (POST /v2/models/NAME/infer); also /readyz and /metrics.
 
         The MLflow tracking server and its credentials come from MLFLOW_TRACKING_URI,
         MLFLOW_TRACKING_USERNAME/PASSWORD or MLFLOW_TRACKING_TOKEN, as MLflow reads them.

@@ -1,9 +1,13 @@
 """The BentoML model server: ``bentoml serve modelyard.serving.service:ModelServer``.
 
 BentoML runs the process (workers, graceful shutdown, ``/livez``, ``/readyz``,
-``/metrics``); the scoring routes are a small Starlette app mounted into the service so
-that every error has our shape and status (see :mod:`modelyard.serving.batching` for why
-they do not use a batchable ``@bentoml.api``).
+``/metrics``, the OpenAPI page at ``/``). ``/predict`` and ``/invocations`` are
+``@bentoml.api`` methods typed from the model's signature (:mod:`modelyard.serving.bento_api`),
+so BentoML's client and the OpenAPI page see them; they read the body with our own parser
+so that every error has our shape and status (see :mod:`modelyard.serving.batching` for why
+they are not batchable ``@bentoml.api`` methods). The Open Inference Protocol
+(:mod:`modelyard.serving.v2`) and MLflow's ``/ping`` and ``/health`` are routes of a small
+Starlette app mounted into the service.
 
 The model is loaded when the service instance is created, which BentoML does before the
 worker accepts connections: ``/readyz`` answers 200 only once the model is loaded and
@@ -33,7 +37,9 @@ from modelyard.core import contracts as c
 from modelyard.core.contracts import ServerEnv
 from modelyard.core.model_safety import UnsafeModelFormat
 from modelyard.core.redaction import redact_text
+from modelyard.serving import v2
 from modelyard.serving.batching import BatchShed, PredictionBatcher
+from modelyard.serving.bento_api import describe_apis, invocations_specs, predict_specs
 from modelyard.serving.metrics import ServerMetrics
 from modelyard.serving.model import ServedModel, predictions_to_json
 from modelyard.serving.payload import (
@@ -55,6 +61,9 @@ _PARSE_INLINE_BYTES = 256 * 1024
 _JSON_MEDIA_TYPES = {"application/json", "text/json"}
 
 Parser = Callable[[bytes, InputSchema], ModelInput]
+#: The answer's JSON document from the predictions and the request id.
+Renderer = Callable[[Array, str], dict[str, Any]]
+ErrorRenderer = Callable[[int, str, str | None], Response]
 
 
 def error_response(status: int, message: str, request_id: str | None = None) -> JSONResponse:
@@ -198,7 +207,8 @@ class ServingRuntime:
         request: Request,
         endpoint: str,
         parse: Parser,
-        render: Callable[[list[Any], str], dict[str, Any]],
+        render: Renderer,
+        error_response: ErrorRenderer = error_response,
     ) -> Response:
         started = time.perf_counter()
         request_id = request.headers.get("x-request-id", "")[:128] or self._next_request_id()
@@ -225,7 +235,7 @@ class ServingRuntime:
         request: Request,
         endpoint: str,
         parse: Parser,
-        render: Callable[[list[Any], str], dict[str, Any]],
+        render: Renderer,
         request_id: str,
     ) -> Response:
         body = await read_body(request, self.settings.max_body_bytes)
@@ -248,7 +258,7 @@ class ServingRuntime:
                     request_id, utc_now(), model_input.columns, predictions, model_input.n_rows
                 )
             )
-        content = render(predictions_to_json(predictions), request_id)
+        content = render(predictions, request_id)
         return JSONResponse(content, headers={"X-Request-ID": request_id})
 
 
@@ -261,25 +271,25 @@ async def predict_endpoint(request: Request) -> Response:
     runtime = _runtime()
     identity = runtime.model.identity
 
-    def render(predictions: list[Any], request_id: str) -> dict[str, Any]:
+    def render(predictions: Array, request_id: str) -> dict[str, Any]:
         return {
             "model_name": identity.name,
             "model_version": identity.version,
             "request_id": request_id,
-            "predictions": predictions,
+            "predictions": predictions_to_json(predictions),
         }
 
-    return await runtime.score(request, "/predict", parse_predict_payload, render)
+    return await runtime.score(request, c.PREDICT_PATH, parse_predict_payload, render)
 
 
-def _render_invocations(predictions: list[Any], request_id: str) -> dict[str, Any]:
+def _render_invocations(predictions: Array, request_id: str) -> dict[str, Any]:
     # Exactly what `mlflow models serve` answers, so MLflow's clients read it unchanged.
-    return {"predictions": predictions}
+    return {"predictions": predictions_to_json(predictions)}
 
 
 async def invocations_endpoint(request: Request) -> Response:
     return await _runtime().score(
-        request, "/invocations", parse_scoring_payload, _render_invocations
+        request, c.INVOCATIONS_PATH, parse_scoring_payload, _render_invocations
     )
 
 
@@ -290,10 +300,9 @@ async def ping_endpoint(request: Request) -> Response:
 
 scoring_app = Starlette(
     routes=[
-        Route("/predict", predict_endpoint, methods=["POST"]),
-        Route("/invocations", invocations_endpoint, methods=["POST"]),
         Route("/ping", ping_endpoint, methods=["GET"]),
         Route("/health", ping_endpoint, methods=["GET"]),
+        *v2.routes(_runtime),
     ]
 )
 
@@ -311,8 +320,10 @@ def _access_log_config() -> dict[str, Any]:
             "/healthz",
             c.LIVENESS_PATH,
             c.READINESS_PATH,
-            "/predict",
-            "/invocations",
+            c.PREDICT_PATH,
+            c.INVOCATIONS_PATH,
+            # The V2 inference routes (startswith: model metadata and readiness too).
+            f"{c.V2_PREFIX}/models/",
         ],
     }
 
@@ -326,7 +337,7 @@ def _access_log_config() -> dict[str, Any]:
     # MODELYARD_TRACE_REQUESTS=1 keeps them traced when tracing is set up.
     tracing={}
     if os.environ.get(ServerEnv.TRACE_REQUESTS, "") in ("1", "true")
-    else {"excluded_urls": "/predict,/invocations"},
+    else {"excluded_urls": f"{c.PREDICT_PATH},{c.INVOCATIONS_PATH},{c.V2_PREFIX}/models/"},
     logging={"access": _access_log_config()},
 )
 @bentoml.asgi_app(scoring_app, path="/")
@@ -348,6 +359,12 @@ class ModelServer:
                 logger.critical("the model server cannot start; stopping it", exc_info=True)
             os.kill(os.getppid(), signal.SIGTERM)
             raise
+        model = self.runtime.model
+        describe_apis(
+            cast(Any, ModelServer).apis,
+            model.schema,
+            f"{model.identity.name} version {model.identity.version}",
+        )
 
     # bentoml's lazy top-level module leaves its decorators untyped for mypy.
     @bentoml.on_startup  # type: ignore[untyped-decorator]
@@ -356,6 +373,26 @@ class ModelServer:
 
     def __is_ready__(self) -> bool:
         return self.runtime.ready
+
+    # The input types below describe a model without a signature; describe_apis() gives
+    # them the loaded model's columns. Each method gets the request itself (see bento_api).
+    @bentoml.api(  # type: ignore[untyped-decorator]
+        route=c.PREDICT_PATH,
+        input_spec=predict_specs(InputSchema(columns=()))[0],
+        output_spec=predict_specs(InputSchema(columns=()))[1],
+    )
+    async def predict(self, request: Request, /) -> Response:
+        """Predict: a JSON array of records (or one record)."""
+        return await predict_endpoint(request)
+
+    @bentoml.api(  # type: ignore[untyped-decorator]
+        route=c.INVOCATIONS_PATH,
+        input_spec=invocations_specs(InputSchema(columns=()))[0],
+        output_spec=invocations_specs(InputSchema(columns=()))[1],
+    )
+    async def invocations(self, request: Request, /) -> Response:
+        """MLflow's scoring protocol, as `mlflow models serve` speaks it."""
+        return await invocations_endpoint(request)
 
     @bentoml.on_shutdown  # type: ignore[untyped-decorator]
     def close(self) -> None:

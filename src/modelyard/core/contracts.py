@@ -36,6 +36,44 @@ METRICS_PATH: Final = "/metrics"
 RUN_AS_UID: Final = 10001
 
 
+class Protocol:
+    """The prediction protocols the model server speaks (``status.endpoints[].protocol``)."""
+
+    #: BentoML's API (``bentoml.SyncHTTPClient``); the body is a JSON array of records.
+    BENTOML: Final = "bentoml"
+    #: MLflow's scoring protocol, as ``mlflow models serve`` speaks it.
+    MLFLOW: Final = "mlflow"
+    #: The Open Inference Protocol (KServe, Triton, MLServer), REST.
+    V2: Final = "v2"
+
+
+#: BentoML's API: records in, predictions out (also the OpenAPI page's example).
+PREDICT_PATH: Final = "/predict"
+#: MLflow's scoring protocol.
+INVOCATIONS_PATH: Final = "/invocations"
+#: The Open Inference Protocol: server health and metadata under this prefix.
+V2_PREFIX: Final = "/v2"
+#: The OpenAPI document of the server; its page (Swagger UI) is at ``/``.
+OPENAPI_PATH: Final = "/docs.json"
+
+
+def v2_model_path(model_name: str) -> str:
+    """``/v2/models/{name}``: the model's metadata; ``/ready`` and ``/infer`` below it."""
+    from urllib.parse import quote
+
+    return f"{V2_PREFIX}/models/{quote(model_name, safe='')}"
+
+
+def server_endpoints(model_name: str) -> list[dict[str, str]]:
+    """Where the server serving ``model_name`` answers each protocol: the operator writes
+    this as ``status.endpoints``; the server's routes are the same paths."""
+    return [
+        {"protocol": Protocol.BENTOML, "path": PREDICT_PATH},
+        {"protocol": Protocol.MLFLOW, "path": INVOCATIONS_PATH},
+        {"protocol": Protocol.V2, "path": f"{v2_model_path(model_name)}/infer"},
+    ]
+
+
 class ServerEnv:
     """Environment variables of the model server (set by the operator or ``modelyard serve``)."""
 
@@ -67,6 +105,19 @@ class PipelineEnv:
     CODE_VERSION: Final = "MODELYARD_CODE_VERSION"
     #: Set by Kubernetes in each pod of an Indexed Job, and by the local runner for fan-out.
     COMPLETION_INDEX: Final = "JOB_COMPLETION_INDEX"
+    #: The run a step belongs to (the orchestrating Job's name in the cluster), for tags.
+    RUN_ID: Final = "MODELYARD_RUN_ID"
+    #: ``kubernetes``: run every step as its own Job (the CronJob's pod orchestrates).
+    EXECUTOR: Final = "MODELYARD_EXECUTOR"
+    #: The orchestrating pod's own name and namespace (from the downward API).
+    POD_NAME: Final = "MODELYARD_POD_NAME"
+    POD_NAMESPACE: Final = "MODELYARD_POD_NAMESPACE"
+    #: Container resources (JSON) of the step pods of a pipeline that declares none.
+    STEP_RESOURCES: Final = "MODELYARD_STEP_RESOURCES"
+    #: ``true``: step pods run on the orchestrator's node (a ReadWriteOnce lake volume).
+    STEPS_ON_NODE: Final = "MODELYARD_STEPS_ON_NODE"
+    #: The Optuna study storage of tuning steps (an SQLAlchemy URL, e.g. PostgreSQL).
+    STUDY_STORAGE: Final = "MODELYARD_STUDY_STORAGE"
 
 
 # ------------------------------------------------------------------ the MLflow registry
@@ -206,6 +257,13 @@ class RunTags:
     RUN_DATE: Final = "modelyard.run_date"
     RUN_ID: Final = "modelyard.run_id"
     PROMOTION: Final = "modelyard.promotion"
+    #: A tuning step's Optuna study, on its parent run and the version it registers.
+    STUDY: Final = "modelyard.study"
+    #: The trial: its number on its child run; the best trial's on the parent and version.
+    TRIAL: Final = "modelyard.trial"
+    TRIAL_RUN_ID: Final = "modelyard.trial_run_id"
+    #: COMPLETE, PRUNED or FAIL, on a trial's child run.
+    TRIAL_STATE: Final = "modelyard.trial_state"
 
 
 #: The training run's sample of its training features: the drift check's reference.
@@ -232,6 +290,12 @@ PART_OF: Final = "modelyard"
 MANAGED_BY: Final = "modelyard"
 LABEL_PIPELINE: Final = "modelyard.io/pipeline"
 LABEL_STEP: Final = "modelyard.io/step"
+#: On a pipeline's step Jobs and their pods: the run date (YYYY-MM-DD) of their run.
+LABEL_RUN_DATE: Final = "modelyard.io/run-date"
+#: On the pods of tuning steps: the study storage's NetworkPolicy admits only these.
+LABEL_STUDY_CLIENT: Final = "modelyard.io/study-client"
+#: On a step Job: the run (orchestrating Job) that created it.
+ANNOTATION_RUN_ID: Final = "modelyard.io/run-id"
 LABEL_DRIFT_OF: Final = "modelyard.io/drift-of"
 #: On pods that talk to the registry: the chart's NetworkPolicy lets only these reach MLflow.
 LABEL_REGISTRY_CLIENT: Final = "modelyard.io/registry-client"
@@ -288,3 +352,58 @@ def parse_window(text: str) -> dt.timedelta:
     if not _WINDOW.match(text):
         raise ValueError(f"{text!r} is not a window such as 90m, 24h or 7d")
     return dt.timedelta(**{_WINDOW_UNITS[text[-1]]: int(text[:-1])})
+
+
+#: An amount of memory as Kubernetes writes it (``512Mi``, ``2Gi``, ``1.5G``, ``800000000``):
+#: ``spec.monitoring.drift.resources`` and ``modelyard drift check --memory-budget``.
+MEMORY_PATTERN: Final = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|k|M|G|T)?$"
+_MEMORY = re.compile(MEMORY_PATTERN)
+_MEMORY_UNITS: Final = {
+    "": 1,
+    "k": 10**3,
+    "M": 10**6,
+    "G": 10**9,
+    "T": 10**12,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+}
+
+
+def parse_memory(text: str | int) -> int:
+    """``512Mi`` -> 536870912 bytes; raises ValueError that says what an amount looks like."""
+    match = _MEMORY.match(str(text).strip())
+    if not match:
+        raise ValueError(f"{text!r} is not an amount of memory such as 512Mi, 2Gi or 1.5G")
+    number, unit = str(text).strip().removesuffix(match.group(2) or ""), match.group(2) or ""
+    return int(float(number) * _MEMORY_UNITS[unit])
+
+
+def format_memory(size: int) -> str:
+    """Bytes as the largest binary unit that keeps a whole number: ``1Gi``, ``768Mi``."""
+    for unit in ("Ti", "Gi", "Mi", "Ki"):
+        if size and size % _MEMORY_UNITS[unit] == 0:
+            return f"{size // _MEMORY_UNITS[unit]}{unit}"
+    return str(size)
+
+
+# ------------------------------------------------------------------ the drift check's memory
+#: ``modelyard drift check --memory-budget`` when not given: well under the drift CronJob's
+#: default memory limit (DRIFT_MEMORY_LIMIT), which also holds Python and its libraries.
+DRIFT_MEMORY_BUDGET: Final = "512Mi"
+#: The drift CronJob's memory request and limit unless ``spec.monitoring.drift.resources``
+#: says otherwise.
+DRIFT_MEMORY_REQUEST: Final = "512Mi"
+DRIFT_MEMORY_LIMIT: Final = "2Gi"
+#: The smallest limit the CRD accepts, and the smallest budget the check accepts.
+DRIFT_MEMORY_LIMIT_MIN: Final = "512Mi"
+DRIFT_MEMORY_BUDGET_MIN: Final = "64Mi"
+
+
+def drift_memory_budget(limit: str | int) -> str:
+    """The ``--memory-budget`` the operator passes for a drift pod limited to ``limit``: half
+    of it, the other half for the interpreter, the libraries (pyarrow, scipy, pandas,
+    MLflow, Evidently for the HTML report) and the allocators' slack. ``2Gi`` -> ``1Gi``."""
+    half = parse_memory(limit) // 2
+    return format_memory(max(half - half % 2**20, parse_memory(DRIFT_MEMORY_BUDGET_MIN)))

@@ -128,6 +128,32 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "spec.monitoring.drift.schedule in body should match",
     ),
     (
+        "drift pod limited below what Python and the libraries need",
+        {
+            "model": GOOD_MODEL,
+            "monitoring": {"drift": {"resources": {"limits": {"memory": "256Mi"}}}},
+        },
+        "spec.monitoring.drift.resources.limits.memory must be at least 512Mi",
+    ),
+    (
+        "drift pod requesting more memory than its limit",
+        {
+            "model": GOOD_MODEL,
+            "monitoring": {
+                "drift": {"resources": {"requests": {"memory": "3Gi"}, "limits": {"memory": "2Gi"}}}
+            },
+        },
+        "spec.monitoring.drift.resources.requests.memory must not exceed limits.memory",
+    ),
+    (
+        "drift memory that is not a quantity",
+        {
+            "model": GOOD_MODEL,
+            "monitoring": {"drift": {"resources": {"limits": {"memory": "2GB"}}}},
+        },
+        "spec.monitoring.drift.resources.limits.memory in body should match",
+    ),
+    (
         "retrain without a CronJob",
         {"model": GOOD_MODEL, "monitoring": {"drift": {"retrain": {}}}},
         "spec.monitoring.drift.retrain.cronJobName: Required value",
@@ -241,4 +267,5 @@ def test_drift_monitoring_defaults(api_client: client.ApiClient, crd: Any, names
         "schedule": "0 * * * *",
         "window": "24h",
         "thresholds": {"driftShare": 0.5},
+        "resources": {"requests": {"memory": "512Mi"}, "limits": {"memory": "2Gi"}},
     }

@@ -9,7 +9,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 from mlflow import MlflowClient
+from typer.testing import CliRunner
 
+from modelyard.cli import app
 from modelyard.core.contracts import deployed_tag_key
 from tests.support.kube import GROUP, PLURAL, VERSION, ModelDeployments, condition, wait_for
 from tests.support.operator import running_operator
@@ -87,6 +89,17 @@ def test_serves_the_pinned_version_and_reports_it(
     assert status["model"]["datasets"][0]["source"] == f"file:///lake/{model.name}/date=2026-11-01"
     assert status["model"]["datasets"][0]["context"] == "training"
     assert status["url"] == f"http://churn.{k8s.ns}.svc.cluster.local"
+    # Which protocols the server speaks, and where (the API server kept the field).
+    assert status["endpoints"] == [
+        {"protocol": "bentoml", "path": "/predict"},
+        {"protocol": "mlflow", "path": "/invocations"},
+        {"protocol": "v2", "path": f"/v2/models/{model.name}/infer"},
+    ]
+    shown = CliRunner().invoke(app, ["status", "-n", k8s.ns])
+    assert shown.exit_code == 0, shown.output
+    rows = [line.split() for line in shown.output.splitlines() if "churn" in line]
+    assert [k8s.ns, "churn", "v2", f"{status['url']}/v2/models/{model.name}/infer"] in rows
+    assert [k8s.ns, "churn", "mlflow", f"{status['url']}/invocations"] in rows
     assert condition(md, "ModelResolved")["status"] == "True"
     # The version went live once its pods were ready (reported by the kubelet stand-in).
     md = k8s.wait_md("churn", "Ready", lambda m: condition(m, "Ready").get("status") == "True")

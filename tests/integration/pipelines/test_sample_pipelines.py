@@ -118,14 +118,16 @@ def test_tuned_sample_against_an_mlflow_server(mlflow_server: MlflowServer, tmp_
         str(tmp_path / "state"),
         MLFLOW_TRACKING_URI=mlflow_server.url,
         MODELYARD_MODEL_NAME="churn-tuned-it",
+        MODELYARD_TUNING_TRIALS="6",
     )
     assert "pipeline churn-tuned succeeded" in completed.stdout
     client = MlflowClient(mlflow_server.url)
     version = client.get_model_version_by_alias("churn-tuned-it", "champion")
     run = client.get_run(version.run_id)
-    # The grid search's choice is logged, and the forest loads back (skops trusted types).
-    assert run.data.params["search.candidates"] == "4"
+    # The study's choice is logged on its run, and the forest loads back (skops trusted types).
+    assert run.data.params["study.trials"] == "6"
     assert {"best.n_estimators", "best.max_depth"} <= set(run.data.params)
+    assert version.tags["modelyard.study"] == "churn-tuned.tune.2026-03-10"
     sources = sorted(json.loads(i.dataset.source)["uri"] for i in run.inputs.dataset_inputs)
     assert sources == [
         str(tmp_path / "state" / "lake" / f"tuned_churn_features/date=2026-03-{d:02d}")

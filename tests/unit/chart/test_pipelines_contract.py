@@ -37,6 +37,8 @@ def _rendered(path: Any, **options: Any) -> dict[str, Any]:
         "tracking_uri": f"http://{RELEASE}-modelyard-mlflow.{NAMESPACE}.svc:5000",
         # The chart's MLflow has users by default (docs/security.md).
         "registry_credentials": f"{RELEASE}-modelyard-registry-credentials",
+        "service_account": f"{RELEASE}-modelyard-pipelines",
+        "steps_on_node": True,
     }
     return build_cronjob(pipeline.spec, RenderOptions(**{**defaults, **options}))
 
@@ -73,6 +75,7 @@ def test_chart_pod_with_registry_secrets_and_an_s3_lake() -> None:
             env_secret="pipeline-env",
             image_pull_secrets=["regcred"],
             image_pull_policy="Always",
+            steps_on_node=False,
         )
         assert _job(_chart_cronjob(objects, name)) == _job(expected)
 
@@ -84,3 +87,46 @@ def test_sample_pipelines_load(tmp_path: Any) -> None:
             path, {"lake": str(tmp_path), "home": str(tmp_path), "date": "2026-11-28"}
         )
         assert pipeline.spec.schedule, path.name
+
+
+def test_chart_pod_with_a_study_storage_and_one_pod_per_run() -> None:
+    objects = render(
+        "--set",
+        "pipelines.tuning.storage.existingSecret=optuna-db",
+        "--set",
+        "pipelines.executor=local",
+    )
+    for path in SAMPLES:
+        name = load_pipeline(path, {}, strict_placeholders=False).name
+        expected = _rendered(
+            path,
+            executor="local",
+            service_account=None,
+            steps_on_node=False,
+            study_storage_secret="optuna-db",
+        )
+        assert _job(_chart_cronjob(objects, name)) == _job(expected)
+
+
+def test_the_orchestrator_may_run_jobs_and_read_pods_in_its_namespace_only(
+    default_objects: list[dict[str, Any]],
+) -> None:
+    from modelyard.pipelines.manifests import ORCHESTRATOR_RULES
+
+    [role] = [
+        o
+        for o in find(default_objects, "Role")
+        if o["metadata"]["name"] == f"{RELEASE}-modelyard-pipelines"
+    ]
+    assert role["rules"] == ORCHESTRATOR_RULES
+    [binding] = [
+        o
+        for o in find(default_objects, "RoleBinding")
+        if o["metadata"]["name"] == f"{RELEASE}-modelyard-pipelines"
+    ]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": f"{RELEASE}-modelyard-pipelines", "namespace": NAMESPACE}
+    ]
+    for cronjob in find(default_objects, "CronJob"):
+        pod = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == f"{RELEASE}-modelyard-pipelines"

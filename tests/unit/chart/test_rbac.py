@@ -118,18 +118,27 @@ def test_the_operator_reads_one_secret_in_its_namespace_and_may_create_it() -> N
         {"apiGroups": [""], "resources": ["secrets"], "resourceNames": ["ours"], "verbs": ["get"]}
     ]
     # A registry without users: nothing to read.
-    assert find(render("--set", "mlflow.auth.enabled=false"), "Role") == []
+    unauthenticated = render("--set", "mlflow.auth.enabled=false")
+    assert "my-modelyard-operator-registry-credentials" not in {
+        r["metadata"]["name"] for r in find(unauthenticated, "Role")
+    }
+
+
+#: The pipelines' orchestrator, in its own namespace (tests/unit/chart/test_pipelines_contract.py).
+PIPELINES = "my-modelyard-pipelines"
+
+
+def operator_roles(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    """The operator's Roles of the watched namespaces (not the pipelines' Role, nor the
+    one that reads the registry credentials in the release's namespace)."""
+    others = {PIPELINES, "my-modelyard-operator-registry-credentials"}
+    return [o for o in find(objects, kind) if o["metadata"]["name"] not in others]
 
 
 def test_cluster_wide_mode() -> None:
     objects = render()
-    # Only the registry credentials' Role (above) is namespaced.
-    assert [r["metadata"]["name"] for r in find(objects, "Role")] == [
-        "my-modelyard-operator-registry-credentials"
-    ]
-    assert [b["metadata"]["name"] for b in find(objects, "RoleBinding")] == [
-        "my-modelyard-operator-registry-credentials"
-    ]
+    assert operator_roles(objects, "Role") == []
+    assert operator_roles(objects, "RoleBinding") == []
     role = operator_role(objects)
     assert permissions(role) == {**NAMESPACED, **CLUSTER_READ}
     binding = one(objects, "ClusterRoleBinding")
@@ -149,12 +158,11 @@ def test_cluster_wide_mode() -> None:
 
 def test_namespaced_mode() -> None:
     objects = render("--set", "operator.watchNamespaces={team-a,team-b}")
-    credentials = "my-modelyard-operator-registry-credentials"
-    roles = [r for r in find(objects, "Role") if r["metadata"]["name"] != credentials]
+    roles = operator_roles(objects, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
     for role in roles:
         assert permissions(role) == NAMESPACED
-    bindings = [b for b in find(objects, "RoleBinding") if b["metadata"]["name"] != credentials]
+    bindings = operator_roles(objects, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for binding in bindings:
         assert binding["roleRef"]["kind"] == "Role"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +56,9 @@ def test_every_pod_is_restricted(values: Path) -> None:
             assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
             assert "resources" in c
         assert {"name": "tmp", "emptyDir": {}} in spec["volumes"]
-        # Only the operator talks to the API server.
-        is_operator = obj["metadata"]["name"] == OPERATOR
-        assert spec["automountServiceAccountToken"] is is_operator
+        # Only the operator and the pipelines' orchestrators talk to the API server.
+        talks = obj["metadata"]["name"] == OPERATOR or obj["kind"] == "CronJob"
+        assert spec["automountServiceAccountToken"] is talks, obj["metadata"]["name"]
 
 
 def test_operator(default_objects: list[dict[str, Any]]) -> None:
@@ -174,7 +175,13 @@ def test_samples_as_cronjobs(default_objects: list[dict[str, Any]]) -> None:
         assert env["MLFLOW_TRACKING_URI"] == MLFLOW_URL
         assert env["MODELYARD_LAKE"] == "/var/lib/modelyard/lake"
         assert {"name": "lake", "mountPath": "/var/lib/modelyard/lake"} in c["volumeMounts"]
-        assert c["resources"] == definition["resources"]
+        # The pod orchestrates (small); each step Job gets the pipeline's resources.
+        assert env["MODELYARD_EXECUTOR"] == "kubernetes"
+        assert json.loads(env["MODELYARD_STEP_RESOURCES"]) == definition["resources"]
+        assert c["resources"] == {
+            "requests": {"cpu": "100m", "memory": "256Mi"},
+            "limits": {"memory": "512Mi"},
+        }
         config_map = one(default_objects, "ConfigMap", f"my-modelyard-{name}-pipeline")
         assert config_map["data"]["pipeline.yaml"] == sample.read_text().rstrip("\n")
         volumes = {v["name"]: v for v in pod_spec(cronjob)["volumes"]}
@@ -209,7 +216,9 @@ def test_own_pipelines() -> None:
     in_image = one(objects, "CronJob", "my-modelyard-churn-in-image")
     c = container(in_image)
     assert c["args"] == ["/opt/pipelines/churn.yaml", "--skip=generate"]
-    assert c["resources"] == {"requests": {"cpu": "1", "memory": "2Gi"}}
+    assert json.loads(env_of(c)["MODELYARD_STEP_RESOURCES"]) == {
+        "requests": {"cpu": "1", "memory": "2Gi"}
+    }
     assert {v["name"] for v in pod_spec(in_image)["volumes"]} == {"tmp"}
     assert [
         cm["metadata"]["name"]

@@ -142,3 +142,40 @@ def test_an_unreadable_file_is_a_clear_error_with_exit_2(
     assert code == 2
     assert out == ""
     assert f"cannot read {broken}" in err
+
+
+def test_the_memory_budget_is_recorded_and_the_table_says_how_columns_were_held(
+    files: dict[str, Path],
+) -> None:
+    args = ["--reference", str(files["reference"]), "--current", str(files["many"])]
+
+    code, out, _ = invoke(*args, "--memory-budget", "64Mi")
+    assert code == 3
+    assert "held" in out and "counts" in out and "memory" in out
+
+    # 64Mi holds these columns in memory (tests/unit/drift/test_memory_limit.py has
+    # windows that do not fit and are sorted on disk).
+    code, out, _ = invoke(*args, "--memory-budget", "64Mi", "--json")
+    summary = json.loads(out)
+    assert summary["memory_budget"] == 64 * 2**20
+    assert {c["computation"] for c in summary["columns"]} <= {"in_memory", "counts"}
+
+
+@pytest.mark.parametrize(
+    ("budget", "message"),
+    [("lots", "is not an amount of memory such as 512Mi"), ("1Mi", "below the smallest budget")],
+)
+def test_a_bad_memory_budget_is_a_usage_error(
+    files: dict[str, Path], budget: str, message: str
+) -> None:
+    code, _, err = invoke(
+        "--reference",
+        str(files["reference"]),
+        "--current",
+        str(files["same"]),
+        "--memory-budget",
+        budget,
+    )
+    assert code == 2
+    flat = " ".join(err.replace("│", " ").split())  # the error box wraps lines
+    assert "--memory-budget" in flat and message in flat

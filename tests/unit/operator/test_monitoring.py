@@ -101,6 +101,30 @@ def test_drift_cronjob_checks_the_live_version_restricted_and_without_a_token() 
     assert opts["--fail-on"] == "never"
 
 
+def test_drift_pod_memory_comes_from_the_spec_and_the_budget_from_its_limit() -> None:
+    def resources_and_budget(spec: dict[str, Any]) -> tuple[dict[str, Any], str]:
+        [container] = cronjob(spec)["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+        args = container["args"]
+        return container["resources"], args[args.index("--memory-budget") + 1]
+
+    assert resources_and_budget(drift_spec()) == (
+        {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"memory": "2Gi"}},
+        "1Gi",
+    )
+    raised = drift_spec(resources={"requests": {"memory": "3Gi"}, "limits": {"memory": "6Gi"}})
+    assert resources_and_budget(raised) == (
+        {"requests": {"cpu": "250m", "memory": "3Gi"}, "limits": {"memory": "6Gi"}},
+        "3Gi",
+    )
+    assert resources_and_budget(drift_spec(resources={"limits": {"memory": "1500M"}}))[1] == "715Mi"
+    with pytest.raises(SpecError, match=r"at least 512Mi"):
+        ModelDeploymentSpec.parse(drift_spec(resources={"limits": {"memory": "256Mi"}}))
+    with pytest.raises(SpecError, match=r"must not exceed limits\.memory"):
+        ModelDeploymentSpec.parse(
+            drift_spec(resources={"requests": {"memory": "3Gi"}, "limits": {"memory": "2Gi"}})
+        )
+
+
 def test_drift_pods_are_never_selected_by_the_server_service() -> None:
     cj = cronjob(drift_spec())
     pod_labels = cj["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["labels"]

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from modelyard.pipelines.definition import PipelineDefinitionError, load_pipeline, parse_pipeline
+from modelyard.pipelines.definition import (
+    FanOut,
+    PipelineDefinitionError,
+    load_pipeline,
+    parse_pipeline,
+)
 from modelyard.pipelines.ingest import Pagination
 from modelyard.pipelines.schema import SourceSchema
 
@@ -191,3 +196,19 @@ def test_sample_pipelines_load() -> None:
         pipeline = load_pipeline(sample, {"lake": "/l", "home": "/h", "date": "2026-01-01"})
         assert pipeline.order[0] == "generate"
         assert pipeline.order[-1] == "promote"
+
+
+def test_a_step_has_fan_out_or_parallelism_not_both(tmp_path: Path) -> None:
+    text = """
+name: p
+steps:
+  - name: a
+    function: modelyard.pipelines.samples.control_steps:record
+    parallelism: 2
+    fan_out: {completions: 2}
+    parameters: {marker_dir: /tmp/x}
+"""
+    with pytest.raises(PipelineDefinitionError, match="either fan_out .* or parallelism"):
+        parse_pipeline(text)
+    workers = parse_pipeline(text.replace("    fan_out: {completions: 2}\n", ""))
+    assert workers.step("a").indexes == FanOut(completions=2, parallelism=2)

@@ -3,17 +3,24 @@ in tests/integration/pipelines/test_render_dry_run.py)."""
 
 from __future__ import annotations
 
+import datetime as dt
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 from modelyard._version import __version__
 from modelyard.pipelines.definition import load_pipeline
-from modelyard.pipelines.manifests import RenderOptions, build_cronjob, build_indexed_job
+from modelyard.pipelines.manifests import (
+    RenderOptions,
+    build_cronjob,
+    build_step_job,
+    step_job_name,
+    template_from_options,
+    template_from_pod,
+)
 
 REPO = Path(__file__).resolve().parents[3]
 CHURN = REPO / "pipelines" / "samples" / "churn.yaml"
@@ -55,35 +62,104 @@ def test_cronjob_runs_the_pipeline_from_its_configmap() -> None:
         "run",
         "/etc/modelyard/pipeline.yaml",
     ]
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value") for e in container["env"]}
     assert env["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert env["MODELYARD_LAKE"] == "/var/lib/modelyard/lake"
     assert {"name": "pipeline", "configMap": {"name": "churn-pipeline"}} in pod["volumes"]
+    # The pod only orchestrates; the steps' Jobs get the pipeline's resources.
+    assert container["resources"] == {
+        "requests": {"cpu": "100m", "memory": "256Mi"},
+        "limits": {"memory": "512Mi"},
+    }
+    assert env["MODELYARD_EXECUTOR"] == "kubernetes"
+    assert env["MODELYARD_STEP_RESOURCES"] == (
+        '{"limits":{"memory":"2Gi"},"requests":{"cpu":"500m","memory":"1Gi"}}'
+    )
+    assert pod["automountServiceAccountToken"] is True
+    assert pod["serviceAccountName"] == "churn-pipeline"
+
+
+DAY = dt.date(2026, 3, 1)
+
+
+def test_indexed_job_for_a_fanned_out_step() -> None:
+    pipeline = load_pipeline(CHURN, VARIABLES)
+    template = template_from_options(pipeline.spec, RenderOptions(image="reg/p:1"))
+    job = build_step_job(pipeline.spec, pipeline.step("ingest-usage"), template, DAY)
+    assert job["metadata"]["name"] == "churn-20260301-ingest-usage"
+    spec = job["spec"]
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 2, 2)
+    # retries: {attempts: 2}: one more try per partition; the timeout is per attempt.
+    assert spec["backoffLimitPerIndex"] == 1
+    pod = spec["template"]["spec"]
+    assert pod["activeDeadlineSeconds"] == 300
+    assert spec["activeDeadlineSeconds"] == 2 * 300 + 10 + 120
+    _restricted(pod)
+    assert pod["automountServiceAccountToken"] is False
+    (container,) = pod["containers"]
+    assert container["args"] == ["/etc/modelyard/pipeline.yaml", "--step", "ingest-usage"]
+    assert {"name": "MODELYARD_RUN_DATE", "value": "2026-03-01"} in container["env"]
+    assert spec["template"]["metadata"]["labels"]["modelyard.io/run-date"] == "2026-03-01"
+
+
+def test_every_step_is_a_job_with_its_own_resources() -> None:
+    pipeline = load_pipeline(CHURN, VARIABLES)
+    template = template_from_options(pipeline.spec, RenderOptions())
+    train = build_step_job(pipeline.spec, pipeline.step("train"), template, DAY, run_id="r-1")
+    assert "completionMode" not in train["spec"]
+    assert train["spec"]["backoffLimit"] == 0
+    assert train["metadata"]["annotations"] == {"modelyard.io/run-id": "r-1"}
+    (container,) = train["spec"]["template"]["spec"]["containers"]
+    assert container["resources"] == {"requests": {"cpu": "1", "memory": "2Gi"}}
+    # A step without resources of its own gets the pipeline's.
+    clean = build_step_job(pipeline.spec, pipeline.step("clean"), template, DAY)
+    (container,) = clean["spec"]["template"]["spec"]["containers"]
     assert container["resources"] == {
         "requests": {"cpu": "500m", "memory": "1Gi"},
         "limits": {"memory": "2Gi"},
     }
 
 
-def test_indexed_job_for_a_fanned_out_step() -> None:
+def test_job_names_are_the_same_for_a_run_and_fit_kubernetes() -> None:
+    assert step_job_name("churn", DAY, "ingest_usage") == "churn-20260301-ingest-usage"
+    long = step_job_name("a" * 52, DAY, "b" * 40)
+    assert len(long) <= 52 and long == step_job_name("a" * 52, DAY, "b" * 40)
+    assert long != step_job_name("a" * 52, DAY, "b" * 39 + "c")
+
+
+def test_step_pods_are_made_from_the_orchestrating_pod() -> None:
     pipeline = load_pipeline(CHURN, VARIABLES)
-    job = build_indexed_job(
-        pipeline.spec, pipeline.step("ingest-usage"), RenderOptions(image="reg/p:1"), "2026-03-01"
+    orchestrator = build_cronjob(
+        pipeline.spec,
+        RenderOptions(
+            lake_pvc="lake", env_secret="creds", steps_on_node=True, tracking_uri="http://m:5000"
+        ),
+    )["spec"]["jobTemplate"]["spec"]["template"]
+    # As the API server returns it: a token volume, a node, the Job controller's labels.
+    pod_spec = orchestrator["spec"]
+    pod_spec["nodeName"] = "node-1"
+    pod_spec["volumes"].append(
+        {"name": "kube-api-access-x", "projected": {"sources": [{"serviceAccountToken": {}}]}}
     )
-    assert job["metadata"]["name"] == "churn-ingest-usage"
-    spec = job["spec"]
-    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 2, 2)
-    pod = spec["template"]["spec"]
+    pod_spec["containers"][0]["volumeMounts"].append(
+        {"name": "kube-api-access-x", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}
+    )
+    labels = {**orchestrator["metadata"]["labels"], "job-name": "churn-1", "x": "y"}
+    template = template_from_pod({"metadata": {"labels": labels}, "spec": pod_spec})
+    assert "job-name" not in template.labels and template.labels["x"] == "y"
+    job = build_step_job(pipeline.spec, pipeline.step("generate"), template, DAY)
+    pod = job["spec"]["template"]["spec"]
     _restricted(pod)
+    assert pod["automountServiceAccountToken"] is False
+    assert "serviceAccountName" not in pod
+    assert {v["name"] for v in pod["volumes"]} == {"tmp", "pipeline", "lake"}
     (container,) = pod["containers"]
-    assert container["args"] == ["/etc/modelyard/pipeline.yaml", "--step", "ingest-usage"]
-    assert {"name": "MODELYARD_RUN_DATE", "value": "2026-03-01"} in container["env"]
-
-
-def test_only_fanned_out_steps_become_jobs() -> None:
-    pipeline = load_pipeline(CHURN, VARIABLES)
-    with pytest.raises(ValueError, match="step 'train' has no fan_out"):
-        build_indexed_job(pipeline.spec, pipeline.step("train"), RenderOptions())
+    assert container["envFrom"] == [{"secretRef": {"name": "creds"}}]
+    env = {e["name"] for e in container["env"]}
+    assert "MODELYARD_EXECUTOR" not in env and "MODELYARD_POD_NAME" not in env
+    assert {"MLFLOW_TRACKING_URI", "MODELYARD_LAKE", "MODELYARD_RUN_DATE"} <= env
+    node_terms = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert node_terms["nodeSelectorTerms"][0]["matchFields"][0]["values"] == ["node-1"]
 
 
 def test_render_command_prints_configmap_and_cronjob(tmp_path: Path) -> None:
@@ -104,8 +180,18 @@ def test_render_command_prints_configmap_and_cronjob(tmp_path: Path) -> None:
         check=True,
         cwd=tmp_path,
     )
-    config_map, cronjob = yaml.safe_load_all(completed.stdout)
+    config_map, account, role, binding, cronjob = yaml.safe_load_all(completed.stdout)
     assert config_map["kind"] == "ConfigMap"
+    # The orchestrating pod's identity and exactly what it may do.
+    assert [account["kind"], role["kind"], binding["kind"]] == [
+        "ServiceAccount",
+        "Role",
+        "RoleBinding",
+    ]
+    assert {r["resources"][0]: set(r["verbs"]) for r in role["rules"]} == {
+        "jobs": {"get", "list", "watch", "create", "delete"},
+        "pods": {"get", "list", "watch"},
+    }
     assert config_map["data"]["pipeline.yaml"] == CHURN.read_text()
     assert cronjob["kind"] == "CronJob"
     assert cronjob["metadata"]["namespace"] == "ml"
@@ -144,7 +230,7 @@ steps:
         check=True,
         env={"PATH": str(Path(sys.executable).parent)},
     )
-    config_map, cronjob = yaml.safe_load_all(completed.stdout)
+    config_map, *_, cronjob = yaml.safe_load_all(completed.stdout)
     assert "url: ${ORDERS_DB_URL}" in config_map["data"]["pipeline.yaml"]
     container = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
     assert container["envFrom"] == [{"secretRef": {"name": "orders-db"}}]

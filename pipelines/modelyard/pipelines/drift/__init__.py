@@ -2,8 +2,9 @@
 
 Per-column tests with Evidently's DataDriftPreset semantics (its default test for each
 column's type and size, its thresholds, its dataset-drift share), computed column by
-column on Arrow/numpy data, so that a million logged predictions check in seconds.
-See docs/drift.md.
+column on Arrow/numpy data, so that a million logged predictions check in seconds, and
+within a memory budget whatever the number of rows (Parquet is read a few columns at a
+time; a column larger than the budget is sorted on disk). See docs/drift.md.
 
 The names below load on first use: ``modelyard --help`` imports this package for the CLI
 and must not pay for scipy, pandas and pyarrow.
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from modelyard.pipelines.drift._check import check_drift
+    from modelyard.pipelines.drift._data import DataSource
     from modelyard.pipelines.drift._report import (
         LoggedDriftReport,
         log_drift_report,
@@ -25,6 +27,8 @@ if TYPE_CHECKING:
         DataSourceError,
         Reference,
         load_reference,
+        open_data,
+        open_prediction_log,
         read_prediction_log,
         read_table,
         score_reference,
@@ -34,17 +38,21 @@ if TYPE_CHECKING:
         ColumnDrift,
         ColumnStatus,
         ColumnType,
+        Computation,
         DriftSummary,
     )
 
 _EXPORTS = {
     "check_drift": "_check",
+    "DataSource": "_data",
     "LoggedDriftReport": "_report",
     "log_drift_report": "_report",
     "render_evidently_html": "_report",
     "DataSourceError": "_sources",
     "Reference": "_sources",
     "load_reference": "_sources",
+    "open_data": "_sources",
+    "open_prediction_log": "_sources",
     "read_prediction_log": "_sources",
     "read_table": "_sources",
     "score_reference": "_sources",
@@ -52,6 +60,7 @@ _EXPORTS = {
     "ColumnDrift": "_summary",
     "ColumnStatus": "_summary",
     "ColumnType": "_summary",
+    "Computation": "_summary",
     "DriftSummary": "_summary",
 }
 
@@ -60,6 +69,8 @@ __all__ = [
     "ColumnDrift",
     "ColumnStatus",
     "ColumnType",
+    "Computation",
+    "DataSource",
     "DataSourceError",
     "DriftSummary",
     "LoggedDriftReport",
@@ -67,6 +78,8 @@ __all__ = [
     "check_drift",
     "load_reference",
     "log_drift_report",
+    "open_data",
+    "open_prediction_log",
     "read_prediction_log",
     "read_table",
     "render_evidently_html",

@@ -3,13 +3,15 @@
 The choice of test and each test's arithmetic follow Evidently 0.7.23
 (``evidently.legacy.calculations.stattests``: ``registry._get_default_stattest`` and the
 ``wasserstein``, ``jensenshannon``, ``ks``, ``chisquare`` and ``z`` implementations), so that
-the verdicts are Evidently's. What differs is only how the numbers are obtained: the
-reference is sorted once, and the current data is read as columns, not pandas Series.
+the verdicts are Evidently's. What differs is only how the numbers are obtained: both
+columns are sorted once (in memory or on disk, see ``_values``), and the distances are
+computed by merging the two sorted sequences a block at a time, so the memory a test needs
+beyond the sorted values is a few blocks, whatever the number of rows.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,13 +20,17 @@ from scipy import stats  # type: ignore[import-untyped]
 from scipy.spatial import distance  # type: ignore[import-untyped]
 
 from modelyard.pipelines.drift._summary import ColumnType
+from modelyard.pipelines.drift._values import BLOCK_ROWS, FloatArray, InMemory, SortedValues
 
-FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
 
 # Evidently switches from p-value tests to distances above this many reference values.
 SMALL_REFERENCE_ROWS = 1000
 # ... and treats numerical columns with at most this many distinct values as discrete.
 DISCRETE_NUMERICAL_VALUES = 5
+# scipy's ks_2samp (method "auto", what Evidently calls) computes the exact p-value up to
+# this many values in the larger sample, and Smirnov's asymptotic one above it.
+KS_EXACT_MAX_VALUES = 10_000
 
 
 @dataclass(frozen=True)
@@ -72,32 +78,203 @@ def choose_method(
     raise ValueError(f"no drift method for {column_type.name.lower()} columns")
 
 
-def wasserstein_normed(reference_sorted: FloatArray, current_sorted: FloatArray) -> float:
+def _nonempty(blocks: Iterator[FloatArray]) -> FloatArray:
+    for block in blocks:
+        if block.size:
+            return block
+    return np.empty(0)
+
+
+def merge_sorted(
+    reference: Iterator[FloatArray], current: Iterator[FloatArray]
+) -> Iterator[tuple[FloatArray, BoolArray]]:
+    """Two ascending streams of blocks merged into one, a round at a time.
+
+    Yields the next merged values and, for each, whether it came from ``current``. Each
+    round takes the values of both blocks up to the smaller of their last values (the
+    values after it, in either stream, are larger), so a round is at most two blocks.
+    Among equal values the reference's come first, as ``searchsorted(side="right")``
+    places them; tied values are zero-width steps of the distribution functions, so their
+    order changes no distance.
+    """
+    ref, cur = _nonempty(reference), _nonempty(current)
+    while ref.size or cur.size:
+        if ref.size and cur.size:
+            limit = min(ref[-1], cur[-1])
+            take_ref = int(np.searchsorted(ref, limit, side="right"))
+            take_cur = int(np.searchsorted(cur, limit, side="right"))
+        else:
+            take_ref, take_cur = ref.size, cur.size
+        ref_part, cur_part = ref[:take_ref], cur[:take_cur]
+        ref, cur = ref[take_ref:], cur[take_cur:]
+        positions = np.searchsorted(ref_part, cur_part, side="right")
+        positions += np.arange(take_cur)
+        from_current = np.zeros(take_ref + take_cur, dtype=bool)
+        from_current[positions] = True
+        merged = np.empty(take_ref + take_cur, dtype=np.float64)
+        merged[positions] = cur_part
+        merged[~from_current] = ref_part
+        yield merged, from_current
+        if not ref.size:
+            ref = _nonempty(reference)
+        if not cur.size:
+            cur = _nonempty(current)
+
+
+def wasserstein_normed(reference: SortedValues, current: SortedValues) -> float:
     """First Wasserstein distance divided by the reference's standard deviation.
 
-    Same value as ``scipy.stats.wasserstein_distance`` (the integral of |F_ref - F_cur|
-    over the merged sample points), but from arrays that are already sorted: one
-    ``searchsorted`` places the current values among the reference's, and the two CDFs
-    are running counts over that merge. Tied values make zero-width steps, so the order
-    among ties does not change the integral.
+    Same value as ``scipy.stats.wasserstein_distance``: the integral of |F_ref - F_cur|
+    over the merged sample points, a sum over the steps between consecutive points of the
+    merged order of |F_ref - F_cur| there times the step's width.
     """
-    norm = max(float(np.std(reference_sorted)), 0.001)
-    n, m = reference_sorted.size, current_sorted.size
-    positions = np.searchsorted(reference_sorted, current_sorted, side="right")
-    positions += np.arange(m)
-    from_current = np.zeros(n + m, dtype=bool)
-    from_current[positions] = True
-    merged = np.empty(n + m, dtype=np.float64)
-    merged[positions] = current_sorted
-    merged[~from_current] = reference_sorted
-    current_seen = np.cumsum(from_current[:-1])
-    reference_seen = np.arange(1, n + m) - current_seen
-    gaps = np.abs(reference_seen / n - current_seen / m)
-    return float(np.dot(gaps, np.diff(merged))) / norm
+    norm = max(reference.moments.std, 0.001)
+    if isinstance(reference, InMemory):
+        return _integral_with_reference_in_memory(reference.values, current) / norm
+    return _integral_by_merging(reference, current) / norm
 
 
-def ks_p_value(reference: FloatArray, current: FloatArray) -> float:
-    return float(stats.ks_2samp(reference, current)[1])
+def _integral_by_merging(reference: SortedValues, current: SortedValues) -> float:
+    """The integral over the two sorted columns merged a block at a time: between two
+    consecutive merged values the distribution functions are the running counts of the
+    values seen on each side."""
+    n, m = reference.size, current.size
+    total = 0.0
+    ref_seen = cur_seen = 0
+    previous: float | None = None
+    for merged, from_current in merge_sorted(reference.blocks(), current.blocks()):
+        if previous is not None:
+            total += abs(ref_seen / n - cur_seen / m) * (float(merged[0]) - previous)
+        current_counts = cur_seen + np.cumsum(from_current[:-1])
+        reference_counts = ref_seen + np.arange(1, merged.size) - (current_counts - cur_seen)
+        gaps = np.abs(reference_counts / n - current_counts / m)
+        total += float(np.dot(gaps, np.diff(merged)))
+        from_cur = int(np.count_nonzero(from_current))
+        cur_seen += from_cur
+        ref_seen += merged.size - from_cur
+        previous = float(merged[-1])
+    return total
+
+
+def _with_next(blocks: Iterator[FloatArray]) -> Iterator[tuple[FloatArray, float]]:
+    """Each non-empty block with the value after it (inf after the last)."""
+    block = _nonempty(blocks)
+    while block.size:
+        following = _nonempty(blocks)
+        yield block, float(following[0]) if following.size else np.inf
+        block = following
+
+
+def _integral_with_reference_in_memory(reference: FloatArray, current: SortedValues) -> float:
+    """The same integral when the reference is an array (the usual case: a training
+    sample), with the current column streamed: each merged point starts one step, so the
+    sum is over the steps starting at current values plus those starting at reference
+    values, found by searching the reference values into each current block.
+
+    In the merged order a reference value comes before equal current values (as in the
+    merge above); equal values make steps of zero width.
+    """
+    n, m = reference.size, current.size
+    total = 0.0
+    first = 0  # index of the block's first value in the whole current column
+    done = 0  # reference values whose steps are summed
+    for block, following in _with_next(current.blocks()):
+        k = block.size
+        # The reference values up to the block's last value: each is followed by the
+        # first current value not below it, which is in this block.
+        upto = int(np.searchsorted(reference, block[-1], side="right"))
+        below_counts = np.zeros(k, dtype=np.int64)
+        for start in range(done, upto, BLOCK_ROWS):
+            refs = reference[start : min(upto, start + BLOCK_ROWS)]
+            below = np.searchsorted(block, refs, side="left")
+            below_counts += np.bincount(below, minlength=k)[:k]
+            total += _reference_steps(reference, start, refs, block[below], first + below, m)
+        # Steps starting at current values: F_ref counts the reference values <= it,
+        # F_cur = (j + 1) / m; the step ends at the next current or reference value.
+        ref_counts = np.cumsum(below_counts) + done
+        ends = np.empty(k)
+        ends[:-1] = block[1:]
+        ends[-1] = following
+        has_next_ref = ref_counts < n
+        np.minimum(ends, reference[np.minimum(ref_counts, n - 1)], out=ends, where=has_next_ref)
+        widths = ends - block
+        if not np.isfinite(ends[-1]):
+            widths[-1] = 0.0  # the last value of both: F_ref = F_cur = 1 from there on
+        levels = np.abs(ref_counts / n - np.arange(first + 1, first + k + 1) / m)
+        total += float(np.dot(levels, widths))
+        done = upto
+        first += k
+    # Reference values above every current value: F_cur = 1 from there on.
+    for start in range(done, n, BLOCK_ROWS):
+        refs = reference[start : start + BLOCK_ROWS]
+        total += _reference_steps(
+            reference, start, refs, np.full(refs.size, np.inf), np.full(refs.size, m), m
+        )
+    return total
+
+
+def _reference_steps(
+    reference: FloatArray,
+    start: int,
+    refs: FloatArray,
+    next_current: FloatArray,
+    current_below: npt.NDArray[np.int64],
+    m: int,
+) -> float:
+    """The steps starting at ``refs`` (``reference[start:]``): F_ref = (i + 1) / n, F_cur
+    the share of current values below; each ends at the next reference or current value."""
+    n = reference.size
+    index = np.arange(start, start + refs.size)
+    ends = reference[np.minimum(index + 1, n - 1)]
+    np.minimum(ends, next_current, out=ends)
+    if index[-1] + 1 >= n:
+        # The last reference value: the step ends at the next current value, if any.
+        ends[-1] = next_current[-1] if np.isfinite(next_current[-1]) else refs[-1]
+    levels = np.abs((index + 1) / n - current_below / m)
+    return float(np.dot(levels, ends - refs))
+
+
+def ks_statistic(reference: SortedValues, current: SortedValues) -> float:
+    """The two-sample Kolmogorov-Smirnov statistic: max |F_ref(x) - F_cur(x)| over the
+    sample points, each distribution function counting every value <= x (as ks_2samp's
+    ``searchsorted(side="right")``), from the sorted columns merged a block at a time."""
+    n, m = reference.size, current.size
+    statistic = 0.0
+    ref_seen = cur_seen = 0
+    # The last value of a round and its difference: final only if the next round does not
+    # continue the run of equal values.
+    pending: tuple[float, float] | None = None
+    for merged, from_current in merge_sorted(reference.blocks(), current.blocks()):
+        current_counts = cur_seen + np.cumsum(from_current)
+        reference_counts = ref_seen + np.arange(1, merged.size + 1) - (current_counts - cur_seen)
+        differences = np.abs(reference_counts / n - current_counts / m)
+        if pending is not None and merged[0] != pending[0]:
+            statistic = max(statistic, pending[1])
+        ends = np.flatnonzero(merged[1:] != merged[:-1])
+        if ends.size:
+            statistic = max(statistic, float(differences[ends].max()))
+        pending = (float(merged[-1]), float(differences[-1]))
+        cur_seen = int(current_counts[-1])
+        ref_seen = int(reference_counts[-1])
+    if pending is not None:
+        statistic = max(statistic, pending[1])
+    return statistic
+
+
+def ks_p_value(reference: SortedValues, current: SortedValues) -> float:
+    """``scipy.stats.ks_2samp(reference, current).pvalue``, as Evidently computes it.
+
+    Up to KS_EXACT_MAX_VALUES values a side (small: they are loaded) it is ks_2samp itself;
+    above, ks_2samp uses Smirnov's asymptotic distribution of the statistic, which is
+    computed here the same way from the streamed statistic.
+    """
+    n, m = reference.size, current.size
+    if max(n, m) <= KS_EXACT_MAX_VALUES:
+        return float(stats.ks_2samp(reference.array(), current.array())[1])
+    statistic = ks_statistic(reference, current)
+    larger, smaller = sorted([float(n), float(m)], reverse=True)
+    effective = larger * smaller / (larger + smaller)
+    return float(np.clip(stats.kstwo.sf(statistic, np.round(effective)), 0, 1))
 
 
 def _aligned(

@@ -10,10 +10,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
 from modelyard.core import contracts as c
-from modelyard.pipelines.drift._check import Frame, as_arrow_table
+from modelyard.pipelines.drift._check import Frame
+from modelyard.pipelines.drift._data import as_source
 from modelyard.pipelines.drift._sources import decode_dictionaries, registry_for, resolve_version
 from modelyard.pipelines.drift._summary import ColumnStatus, ColumnType, DriftSummary
 
@@ -28,13 +28,6 @@ SUMMARY_ARTIFACT = c.DRIFT_SUMMARY_ARTIFACT
 HTML_ARTIFACT = c.DRIFT_REPORT_ARTIFACT
 
 
-def _sample(table: pa.Table, rows: int, seed: int) -> pa.Table:
-    if table.num_rows <= rows:
-        return table
-    rng = np.random.default_rng(seed)
-    return table.take(pa.array(np.sort(rng.choice(table.num_rows, rows, replace=False))))
-
-
 def render_evidently_html(
     reference: Frame,
     current: Frame,
@@ -47,7 +40,8 @@ def render_evidently_html(
 
     Each column is rendered with the type and test the full-data check chose, so the
     pictures explain the verdicts in ``summary`` even where the sample alone would have
-    made Evidently pick another test. ``None`` when no column was tested.
+    made Evidently pick another test. The samples are drawn batch by batch from sources
+    (a prediction-log window is not loaded for them). ``None`` when no column was tested.
     """
     from evidently import DataDefinition, Dataset, Report
     from evidently.presets import DataDriftPreset
@@ -57,14 +51,12 @@ def render_evidently_html(
     ]
     if not tested:
         return None
-    ref = as_arrow_table(reference)
-    cur = as_arrow_table(current)
     renames = {c.reference_column: c.column for c in tested if c.reference_column}
-    ref_columns = [c.reference_column or c.column for c in tested]
+    ref_columns = list(dict.fromkeys(c.reference_column or c.column for c in tested))
     # Plain strings, not pandas categoricals: what pandas.read_parquet gives Evidently.
-    ref_sample = decode_dictionaries(_sample(ref.select(ref_columns), sample_rows, seed))
+    ref_sample = decode_dictionaries(as_source(reference).sample(ref_columns, sample_rows, seed))
     ref_frame = ref_sample.to_pandas().rename(columns=renames)
-    cur_sample = _sample(cur.select([c.column for c in tested]), sample_rows, seed)
+    cur_sample = as_source(current).sample([c.column for c in tested], sample_rows, seed)
     cur_frame = decode_dictionaries(cur_sample).to_pandas()
     definition = DataDefinition(
         numerical_columns=[c.column for c in tested if c.column_type is ColumnType.NUMERICAL],

@@ -11,9 +11,11 @@ from pathlib import Path
 
 import fsspec
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.csv as pa_csv
+import pyarrow.dataset as ds
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
+from fsspec.implementations.local import LocalFileSystem
 
 from modelyard.core import contracts as c
 from modelyard.core.artifacts import artifact_location, download_version
@@ -25,6 +27,12 @@ from modelyard.core.registry import (
     Registry,
     RegistryError,
     open_registry,
+)
+from modelyard.pipelines.drift._data import (
+    DataSource,
+    ParquetSource,
+    TableSource,
+    string_columns,
 )
 
 logger = logging.getLogger(__name__)
@@ -43,8 +51,19 @@ def _is_csv(path: str) -> bool:
     return name.endswith((".csv", ".csv.gz", ".csv.bz2", ".tsv"))
 
 
-def read_table(url: str) -> pa.Table:
-    """Read a Parquet or CSV file, or a directory of Parquet files, from a path or fsspec URL."""
+def _arrow_filesystem(fs: fsspec.AbstractFileSystem) -> pafs.FileSystem:
+    if isinstance(fs, LocalFileSystem):
+        return pafs.LocalFileSystem()
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs))
+
+
+def open_data(url: str) -> DataSource:
+    """A Parquet or CSV file, or a directory of Parquet files, from a path or fsspec URL.
+
+    Parquet is not read here: the check reads the columns it needs, a batch at a time, so
+    a window larger than memory can be checked. CSV cannot be read by column; it is read
+    whole (use Parquet for large data).
+    """
     try:
         fs, path = fsspec.core.url_to_fs(url)
     except (ImportError, ValueError) as exc:
@@ -56,12 +75,21 @@ def read_table(url: str) -> pa.Table:
             files = sorted(f for f in fs.find(path) if f.endswith(".parquet"))
             if not files:
                 raise DataSourceError(f"{url}: a directory without .parquet files")
-            return _concat([read_parquet(f, fs) for f in files])
+            return ParquetSource.open(files, _arrow_filesystem(fs))
         if _is_csv(path):
             with fs.open(path, "rb", compression="infer") as handle:
                 parse = pa_csv.ParseOptions(delimiter="\t" if path.endswith(".tsv") else ",")
-                return pa_csv.read_csv(handle, parse_options=parse)
-        return read_parquet(path, fs)
+                return TableSource(pa_csv.read_csv(handle, parse_options=parse))
+        return ParquetSource.open([path], _arrow_filesystem(fs))
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataSourceError(f"cannot read {url}: {exc}") from exc
+
+
+def read_table(url: str) -> pa.Table:
+    """A Parquet or CSV file, or a directory of Parquet files, read whole into memory."""
+    source = open_data(url)
+    try:
+        return source.to_table()
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataSourceError(f"cannot read {url}: {exc}") from exc
 
@@ -74,10 +102,7 @@ def read_parquet(path: str, fs: fsspec.AbstractFileSystem) -> pa.Table:
     counts categories on the dictionary indices.
     """
     schema = pq.read_schema(path, filesystem=fs)
-    strings = [
-        f.name for f in schema if pa.types.is_string(f.type) or pa.types.is_large_string(f.type)
-    ]
-    return pq.read_table(path, filesystem=fs, read_dictionary=strings)
+    return pq.read_table(path, filesystem=fs, read_dictionary=string_columns(schema))
 
 
 def decode_dictionaries(table: pa.Table) -> pa.Table:
@@ -115,47 +140,63 @@ def prediction_log_partitions(
     return [c.prediction_log_partition(log_url, model_name, version, d) for d in days]
 
 
-def read_prediction_log(
+def open_prediction_log(
     log_url: str, model_name: str, version: str, start: datetime | date, end: datetime | date
-) -> pa.Table:
-    """The logged inputs and predictions of one model version for ``[start, end)`` (UTC).
-
-    Layout and columns as in docs/contracts.md; the ``_``-prefixed bookkeeping columns are
-    dropped, ``prediction`` (or ``prediction_N``) is kept. An empty window gives a table
-    without rows (and without columns), which the check reports as ``no_data``.
+) -> DataSource:
+    """The logged inputs and predictions of one model version for ``[start, end)`` (UTC),
+    as a source the check streams: the window's files (layout in docs/contracts.md) are one
+    dataset filtered on ``_timestamp``, never concatenated in memory. An empty window gives
+    a source without rows (and without columns), which the check reports as ``no_data``.
     """
     try:
-        return _read_prediction_log(log_url, model_name, version, start, end)
+        return _open_prediction_log(log_url, model_name, version, start, end)
     except (pa.ArrowInvalid, OSError, ImportError, ValueError) as exc:
         raise DataSourceError(f"cannot read the prediction log at {log_url}: {exc}") from exc
 
 
-def _read_prediction_log(
+def _open_prediction_log(
     log_url: str, model_name: str, version: str, start: datetime | date, end: datetime | date
-) -> pa.Table:
+) -> DataSource:
     first, last = _as_utc(start), _as_utc(end)
     fs, _ = fsspec.core.url_to_fs(log_url)
-    tables = []
+    files: list[str] = []
     for partition in prediction_log_partitions(log_url, model_name, version, first, last):
         _, path = fsspec.core.url_to_fs(partition)
-        if not fs.isdir(path):
-            continue
-        for file in sorted(fs.glob(f"{path}/*.parquet")):
-            table = read_parquet(file, fs)
-            if c.LOG_TIMESTAMP_COLUMN in table.column_names:
-                stamps = table.column(c.LOG_TIMESTAMP_COLUMN)
-                if stamps.type.tz is None:
-                    stamps = stamps.cast(pa.timestamp(stamps.type.unit, tz="UTC"))
-                lower = pa.scalar(first, type=stamps.type)
-                upper = pa.scalar(last, type=stamps.type)
-                keep = pc.and_(pc.greater_equal(stamps, lower), pc.less(stamps, upper))
-                table = table.filter(keep)
-            tables.append(table)
-    logger.info("read %d prediction-log files for %s v%s", len(tables), model_name, version)
-    if not tables:
-        return pa.table({})
-    table = _concat(tables)
-    return table.select([c for c in table.column_names if not c.startswith("_")])
+        if fs.isdir(path):
+            files.extend(sorted(fs.glob(f"{path}/*.parquet")))
+    logger.info("%d prediction-log files for %s v%s", len(files), model_name, version)
+    if not files:
+        return TableSource(pa.table({}))
+    source = ParquetSource.open(files, _arrow_filesystem(fs))
+    if c.LOG_TIMESTAMP_COLUMN not in source.schema.names:
+        return source
+    stamp_type = source.schema.field(c.LOG_TIMESTAMP_COLUMN).type
+    lower, upper = (first, last) if stamp_type.tz else (_naive(first), _naive(last))
+    stamps = ds.field(c.LOG_TIMESTAMP_COLUMN)
+    return source.where(
+        (stamps >= pa.scalar(lower, type=stamp_type)) & (stamps < pa.scalar(upper, type=stamp_type))
+    )
+
+
+def _naive(moment: datetime) -> datetime:
+    # Timestamps written without a time zone are UTC (docs/contracts.md).
+    return moment.astimezone(UTC).replace(tzinfo=None)
+
+
+def read_prediction_log(
+    log_url: str, model_name: str, version: str, start: datetime | date, end: datetime | date
+) -> pa.Table:
+    """The window of ``open_prediction_log`` read into one table (for small windows).
+
+    The ``_``-prefixed bookkeeping columns are dropped, ``prediction`` (or ``prediction_N``)
+    is kept.
+    """
+    source = open_prediction_log(log_url, model_name, version, start, end)
+    columns = [name for name in source.column_names if not name.startswith("_")]
+    try:
+        return source.select(columns) if columns else pa.table({})
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataSourceError(f"cannot read the prediction log at {log_url}: {exc}") from exc
 
 
 @dataclass(frozen=True)

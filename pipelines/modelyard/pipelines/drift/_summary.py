@@ -34,6 +34,17 @@ class ColumnStatus(StrEnum):
     EMPTY = "empty"
 
 
+class Computation(StrEnum):
+    """How a column's values were held for its test; every way gives the same, exact result."""
+
+    # Category (or discrete value) counts, accumulated batch by batch.
+    COUNTS = "counts"
+    # The column's values sorted in memory: it fitted the memory budget.
+    IN_MEMORY = "in_memory"
+    # Sorted in runs on disk and merged while testing: the column did not fit the budget.
+    EXTERNAL_SORT = "external_sort"
+
+
 class ColumnDrift(BaseModel):
     """One column's drift test."""
 
@@ -54,6 +65,14 @@ class ColumnDrift(BaseModel):
     )
     reference_rows: int = Field(default=0, description="Non-missing reference values.")
     current_rows: int = Field(default=0, description="Non-missing current values.")
+    computation: Computation | None = Field(
+        default=None,
+        description=(
+            "How the values were held: counts, in_memory (sorted in memory) or "
+            "external_sort (sorted on disk: the column did not fit the memory budget). "
+            "The result is the same, exact, either way."
+        ),
+    )
     reason: str | None = None
 
 
@@ -86,6 +105,14 @@ class DriftSummary(BaseModel):
     type_mismatches: list[str] = Field(default_factory=list)
     reference_rows: int = 0
     current_rows: int = 0
+    memory_budget: int | None = Field(
+        default=None,
+        description="Bytes the check could hold for data at once (--memory-budget).",
+    )
+    passes: int = Field(
+        default=0,
+        description="Groups of columns read one after the other to stay within the budget.",
+    )
     warnings: list[str] = Field(default_factory=list)
 
     @property

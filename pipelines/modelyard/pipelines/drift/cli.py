@@ -24,9 +24,18 @@ from rich.table import Table
 if TYPE_CHECKING:
     import pyarrow as pa
 
+    from modelyard.pipelines.drift._data import DataSource
     from modelyard.pipelines.drift._summary import DriftSummary
 
-from modelyard.core.contracts import TRACKING_URI_ENV, DriftExit, ServerEnv, parse_window
+from modelyard.core.contracts import (
+    DRIFT_MEMORY_BUDGET,
+    DRIFT_MEMORY_BUDGET_MIN,
+    TRACKING_URI_ENV,
+    DriftExit,
+    ServerEnv,
+    parse_memory,
+    parse_window,
+)
 
 EXIT_OK = DriftExit.OK
 EXIT_BAD_INPUT = DriftExit.BAD_INPUT
@@ -60,6 +69,20 @@ def window_length(value: str) -> timedelta:
         raise typer.BadParameter(str(exc), param_hint="--window") from None
 
 
+def memory_budget(value: str) -> int:
+    """``512Mi``, ``2Gi``, ``1.5G`` or bytes: what the check may hold for data at once."""
+    try:
+        size = parse_memory(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--memory-budget") from None
+    if size < parse_memory(DRIFT_MEMORY_BUDGET_MIN):
+        raise typer.BadParameter(
+            f"{value} is below the smallest budget, {DRIFT_MEMORY_BUDGET_MIN}",
+            param_hint="--memory-budget",
+        )
+    return size
+
+
 def _window_start(since: str | None, window: str | None, until: datetime | None) -> datetime | None:
     if window is None:
         return _parse_moment(since, "--since")
@@ -80,9 +103,13 @@ def exit_code(summary: DriftSummary, fail_on: FailOn) -> int:
     return EXIT_OK
 
 
+# How a column's values were held for its test (the summary's ``computation``).
+HELD = {"counts": "counts", "in_memory": "memory", "external_sort": "disk"}
+
+
 def render_summary(console: Console, summary: DriftSummary) -> None:
     table = Table(title=f"Drift check: {summary.status.value}", title_justify="left")
-    for header in ("column", "type", "method", "score", "threshold", "drift"):
+    for header in ("column", "type", "method", "score", "threshold", "held", "drift"):
         table.add_column(header, justify="right" if header in ("score", "threshold") else "left")
     for column in [*summary.columns, *summary.predictions]:
         name = column.column
@@ -97,6 +124,7 @@ def render_summary(console: Console, summary: DriftSummary) -> None:
             column.method or "-",
             "-" if column.score is None else f"{column.score:.4g}",
             "-" if column.threshold is None else f"{column.threshold:g}",
+            "-" if column.computation is None else HELD[column.computation.value],
             drift,
         )
     console.print(table)
@@ -190,6 +218,17 @@ def register(app: typer.Typer) -> None:
         html_sample_rows: Annotated[
             int, typer.Option(min=100, help="Rows per side in the Evidently HTML report.")
         ] = 20_000,
+        budget: Annotated[
+            str,
+            typer.Option(
+                "--memory-budget",
+                help="Memory the check may hold for data at once (512Mi, 2Gi, 1.5G, bytes); "
+                "Python and its libraries take about 200Mi more. Parquet is read a few "
+                "columns at a time within it; a numerical column too large for it is "
+                "sorted on disk (same, exact result, slower; 8 bytes per row in $TMPDIR). "
+                "The drift CronJob passes half its memory limit.",
+            ),
+        ] = DRIFT_MEMORY_BUDGET,
     ) -> None:
         """Check current data against the reference with Evidently's DataDriftPreset tests.
 
@@ -197,6 +236,7 @@ def register(app: typer.Typer) -> None:
         """
         console = Console()
         errors = Console(stderr=True)
+        budget_bytes = memory_budget(budget)
         try:
             # Libraries (MLflow's run links) print to stdout; keep it for the result alone.
             with contextlib.redirect_stdout(sys.stderr):
@@ -214,6 +254,7 @@ def register(app: typer.Typer) -> None:
                     log_to_mlflow=log_to_mlflow,
                     score_reference=score_reference,
                     html_sample_rows=html_sample_rows,
+                    memory_budget=budget_bytes,
                     console=errors,
                 )
         except _InputError as exc:
@@ -248,15 +289,19 @@ def _run_check(
     log_to_mlflow: bool,
     score_reference: bool,
     html_sample_rows: int,
+    memory_budget: int,
     console: Console,
 ) -> DriftSummary:
+    import pyarrow as pa
+
     from modelyard.pipelines.drift import check_drift
+    from modelyard.pipelines.drift._data import TableSource
     from modelyard.pipelines.drift._report import log_drift_report, render_evidently_html
     from modelyard.pipelines.drift._sources import (
         DataSourceError,
         load_reference,
-        read_prediction_log,
-        read_table,
+        open_data,
+        open_prediction_log,
     )
 
     if (model is None) != (version is None):
@@ -278,34 +323,44 @@ def _run_check(
             console.print(f"{model}: alias resolved to version {version}")
         window = None
         if current is not None:
-            current_table: pa.Table = read_table(current)
+            current_data: DataSource = open_data(current)
         else:
             end = until or datetime.now(UTC)
             start = since or end - timedelta(days=1)
             window = f"{start.isoformat()}/{end.isoformat()}"
             assert model is not None and version is not None and prediction_log is not None
-            current_table = read_prediction_log(prediction_log, model, version, start, end)
+            current_data = open_prediction_log(prediction_log, model, version, start, end)
         if reference is not None:
-            reference_table: pa.Table = read_table(reference)
+            reference_data: DataSource = open_data(reference)
         else:
             assert model is not None and version is not None and tracking_uri is not None
+            # The lineage reference is a sample of at most REFERENCE_MAX_ROWS rows.
             lineage = load_reference(tracking_uri, model, version)
             console.print(f"reference: {lineage.source}")
-            reference_table = lineage.table
-            if score_reference and "prediction" not in reference_table.column_names:
-                reference_table = _scored(reference_table, tracking_uri, model, version, console)
+            table = lineage.table
+            if score_reference and "prediction" not in table.column_names:
+                table = _scored(table, tracking_uri, model, version, console)
+            reference_data = TableSource(table)
+        summary = check_drift(
+            reference_data,
+            current_data,
+            target_column=target_column,
+            drift_share=drift_share,
+            memory_budget=memory_budget,
+        )
     except DataSourceError as exc:
         raise _InputError(str(exc)) from exc
     except FileNotFoundError as exc:
         raise _InputError(f"{exc.filename or exc}: no such file or directory") from exc
+    except (pa.ArrowException, OSError) as exc:
+        # The Parquet files are read while checking: a corrupt file shows up here, as does
+        # a full $TMPDIR when a column is sorted on disk.
+        raise _InputError(f"cannot read the data or sort it on disk: {exc}") from exc
 
-    summary = check_drift(
-        reference_table, current_table, target_column=target_column, drift_share=drift_share
-    )
     if log_to_mlflow:
         assert model is not None and version is not None and tracking_uri is not None
         html = render_evidently_html(
-            reference_table, current_table, summary, sample_rows=html_sample_rows
+            reference_data, current_data, summary, sample_rows=html_sample_rows
         )
         logged = log_drift_report(
             summary,
