@@ -42,6 +42,8 @@ security: venv ## The security tier: each attack of docs/security.md against rea
 	hack/deps.sh
 	hack/build-tools.sh node
 	$(VENV)/bin/pytest tests/security $(PYTEST_ARGS)
+	CLUSTER=$(CLUSTER) hack/images.sh build
+	CLUSTER=$(CLUSTER) $(VENV)/bin/pytest tests/e2e -m security $(PYTEST_ARGS)
 
 # CLUSTER=kind runs the e2e tests on kind (needs a Docker engine), else the built-in node.
 CLUSTER ?= local

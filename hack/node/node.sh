@@ -153,7 +153,26 @@ node_ready() {
 
 knp_ready() {
   kubectl_ -n kube-system get ds kube-network-policies -o jsonpath='{.status.numberReady}' \
-    2>/dev/null | grep -q '^[1-9]'
+    2>/dev/null | grep -q '^[1-9]' &&
+    # ...and it answers its queue: a policy nothing enforces must never pass as enforced.
+    awk '$1 == 98 && $2 > 0 { found = 1 } END { exit !found }' \
+      /proc/net/netfilter/nfnetlink_queue 2>/dev/null
+}
+
+# New connections between pods go to kube-network-policies' queue (98). It programs
+# nftables "queue" rules itself, but kernels built without CONFIG_NFT_QUEUE (like this
+# machine's) refuse them; iptables' NFQUEUE target does the same. The host's own traffic
+# to pods (the kubelet's probes, as root) is not queued, as upstream does. With
+# --queue-bypass, connections pass while nothing listens (the controller restarting).
+# The comment carries the CNI network's name, so iptables_cleanup removes the rules.
+knp_queue_rules() {
+  local comment="name: \"$cni_network\" network policy queue"
+  iptables -t mangle -C POSTROUTING -m comment --comment "$comment" -m owner --uid-owner 0 \
+    -j RETURN 2>/dev/null && return 0
+  iptables -t mangle -A POSTROUTING -m comment --comment "$comment" -m owner --uid-owner 0 \
+    -j RETURN
+  iptables -t mangle -A POSTROUTING -m comment --comment "$comment" -d "$cluster_cidr" \
+    -m conntrack --ctstate NEW -j NFQUEUE --queue-num 98 --queue-bypass
 }
 
 coredns_ready() {
@@ -229,6 +248,7 @@ node_up() {
   knp_v=$(readlink "$bin/kube-network-policies" | sed 's/.*kube-network-policies-//')
   sed -e "s|@KNP_IMAGE@|modelyard/kube-network-policies:$knp_v|" -e "s|@NODE_NAME@|$node_name|" \
     "$root/hack/node/kube-network-policies.yaml" | kubectl_ apply -f - >/dev/null
+  knp_queue_rules
   wait_for "CoreDNS" 120 coredns_ready
   wait_for "kube-network-policies" 120 knp_ready
   log "node $node_name ready in $((SECONDS - t0))s"

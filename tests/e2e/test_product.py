@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -268,6 +269,46 @@ def load_rows(tracking_uri: str, version: int) -> str:
     with mlflow_uri(tracking_uri):
         rows = mlflow.pyfunc.load_model(f"models:/{MODEL}/{version}").input_example
     return json.dumps({"dataframe_split": rows.head(1).to_dict(orient="split")}, default=str)
+
+
+PROBE_SCRIPT = """
+import json, urllib.request
+seen = {{}}
+for url in {urls!r}:
+    try:
+        with urllib.request.urlopen(url, timeout={timeout}) as answer:
+            seen[url] = answer.status
+    except urllib.error.HTTPError as error:  # an answer all the same
+        seen[url] = error.code
+    except Exception as error:
+        seen[url] = "no connection: " + type(error).__name__
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.security
+def test_network_policies_admit_the_toolkit_and_refuse_other_namespaces(
+    node_cluster: Any, release: str, toolkit_image: str, serving: int
+) -> None:
+    """Enforced by kube-network-policies on the node (docs/security.md): a pod of another
+    namespace reaches neither MLflow nor a model server; the toolkit's pods do (the
+    operator and the servers read the registry: ``serving`` is Ready)."""
+    mlflow_url = f"http://{RELEASE}-modelyard-mlflow.{release}.svc.cluster.local:5000/health"
+    server_url = f"http://{MODEL}.{release}.svc.cluster.local/readyz"
+    script = PROBE_SCRIPT.format(urls=[mlflow_url, server_url], timeout=8)
+    foreign = f"foreign-{uuid.uuid4().hex[:6]}"
+    node_cluster.run_kubectl("create", "namespace", foreign)
+    try:
+        refused = json.loads(run_pod(node_cluster, foreign, toolkit_image, script).strip())
+    finally:
+        node_cluster.run_kubectl("delete", "namespace", foreign, "--wait=false", check=False)
+    admitted = json.loads(
+        run_pod(
+            node_cluster, release, toolkit_image, script, registry_user=RegistryUsers.SERVER
+        ).strip()
+    )
+    assert admitted == {mlflow_url: 200, server_url: 200}
+    assert all(str(v).startswith("no connection") for v in refused.values()), refused
 
 
 LOAD_SCRIPT = """
