@@ -17,6 +17,7 @@ from typing import Any
 
 from modelyard.core import contracts as c
 from modelyard.core.registry import ModelVersion
+from modelyard.operator.conditions import parse_time
 from modelyard.operator.resource import Approval, ApprovalSpec
 
 #: What a judgment can be; also the reasons of the Approved condition.
@@ -28,16 +29,6 @@ EXPIRED = "Expired"
 #: What the operator answers on a ModelApproval's status.
 APPLIED = "Applied"
 IGNORED = "Ignored"
-
-
-def parse_time(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
 
 
 def stamp(moment: dt.datetime) -> str:

@@ -16,6 +16,18 @@ DATA_DRIFT = "DataDrift"
 ALL_TYPES = (READY, PROGRESSING, DEGRADED, MODEL_RESOLVED, APPROVED, DATA_DRIFT)
 
 
+def parse_time(text: str | None) -> dt.datetime | None:
+    """An RFC 3339 time as Kubernetes and the status write it; None when absent or not
+    a time. A time without a zone is UTC."""
+    if not text:
+        return None
+    try:
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
 def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 

@@ -26,8 +26,9 @@ from modelyard.core import contracts as c
 from modelyard.core.contracts import deployed_tag_key, parse_window
 from modelyard.core.registry import RegistryError
 from modelyard.operator import conditions as cond
-from modelyard.operator.approvals import Answer, Decision, parse_time
+from modelyard.operator.approvals import Answer, Decision
 from modelyard.operator.children import SERVER_APP, deployment_health
+from modelyard.operator.conditions import parse_time
 from modelyard.operator.credentials import RegistryAccounts
 from modelyard.operator.kube import ApplyFailed, ChildConflict, Kube
 from modelyard.operator.metrics import OperatorMetrics

@@ -16,6 +16,7 @@ from typing import Any
 
 from modelyard.core import contracts as c
 from modelyard.core.model_safety import REASON as UNSAFE
+from modelyard.operator.conditions import parse_time
 
 #: A candidate pod restarted this often has failed (a model that cannot load).
 CRASH_RESTARTS = 3
@@ -113,7 +114,7 @@ def progress(
     deadline = (conditions.get("Progressing") or {}).get("reason") == "ProgressDeadlineExceeded"
     if observed >= generation and updated >= want and total == updated and available >= want:
         return Progress(COMPLETE, f"version {version} runs on {available}/{want} ready pods")
-    started = _parse(since)
+    started = parse_time(since)
     if deadline or (started is not None and (now - started).total_seconds() > deadline_seconds):
         return Progress(
             FAILED,
@@ -121,13 +122,3 @@ def progress(
             f"({available}/{want} pods ready, {updated} updated)",
         )
     return Progress(PROGRESSING, f"{updated}/{want} server pods run version {version}")
-
-
-def _parse(text: str | None) -> dt.datetime | None:
-    if not text:
-        return None
-    try:
-        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
