@@ -1,0 +1,59 @@
+"""The canary verdict on one interval's numbers."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from modelyard.operator.analysis import (
+    FAILED,
+    INCONCLUSIVE,
+    SUCCESSFUL,
+    Criteria,
+    VariantStats,
+    failed_too_often,
+    judge,
+)
+
+AT = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+CRITERIA = Criteria(min_requests=50, max_error_rate_increase=0.01, max_latency_ratio=1.5)
+
+
+def test_a_canary_with_too_little_traffic_is_inconclusive_not_failed() -> None:
+    m = judge(CRITERIA, VariantStats(500, 0, 0.01), VariantStats(10, 10, 5.0), AT)
+    assert m.phase == INCONCLUSIVE
+    assert "candidate answered 10 < 50 requests" in m.message
+
+
+def test_more_errors_than_the_stable_fail_the_interval() -> None:
+    m = judge(CRITERIA, VariantStats(1000, 5, 0.02), VariantStats(100, 3, 0.02), AT)
+    assert m.phase == FAILED
+    assert "error rate 3.00% vs stable 0.50%" in m.message
+
+
+def test_an_error_rate_within_the_allowed_increase_passes() -> None:
+    m = judge(CRITERIA, VariantStats(1000, 5, 0.02), VariantStats(100, 1, 0.02), AT)
+    assert m.phase == SUCCESSFUL
+
+
+def test_a_slow_candidate_fails_on_its_p99_ratio() -> None:
+    m = judge(CRITERIA, VariantStats(1000, 0, 0.020), VariantStats(100, 0, 0.100), AT)
+    assert m.phase == FAILED
+    assert "p99 100ms vs stable 20ms (x5.00 > x1.5)" in m.message
+
+
+def test_the_measurement_reaches_status_with_its_numbers() -> None:
+    m = judge(CRITERIA, VariantStats(1000, 0, 0.02), VariantStats(100, 0, 0.021), AT)
+    assert m.to_status() == {
+        "phase": SUCCESSFUL,
+        "at": "2026-12-01T12:00:00Z",
+        "stable": {"requests": 1000, "errors": 0, "errorRate": 0.0, "p99Seconds": 0.02},
+        "candidate": {"requests": 100, "errors": 0, "errorRate": 0.0, "p99Seconds": 0.021},
+        "message": m.message,
+    }
+
+
+def test_rollback_after_failure_limit_failed_measurements() -> None:
+    bad = judge(CRITERIA, VariantStats(1000, 0, 0.02), VariantStats(100, 50, 0.02), AT)
+    good = judge(CRITERIA, VariantStats(1000, 0, 0.02), VariantStats(100, 0, 0.02), AT)
+    assert not failed_too_often([bad, good], CRITERIA)
+    assert failed_too_often([bad, good, bad], CRITERIA)
