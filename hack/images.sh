@@ -6,6 +6,8 @@
 #   hack/images.sh load       load them into the node: `kind load` on kind, else
 #                             `ctr import` into the built-in node's containerd
 #   hack/images.sh            both
+#   hack/images.sh pin        record the base image's Debian package versions that the
+#                             archive serves today in hack/base-packages.lock
 #
 # Images, one per component (docs/contracts.md), the targets of the Dockerfile:
 # modelyard/operator:<version>, modelyard/server:<version>, modelyard/toolkit:<version>
@@ -18,7 +20,7 @@
 # IMAGE_BUILDER=buildah (default where installed) or docker.
 set -euo pipefail
 
-root=$(cd "$(dirname "$0")/.." && pwd)
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${MODELYARD_CACHE:-$HOME/.cache/modelyard}
 bin=$cache/bin
 store=$cache/images
@@ -69,21 +71,82 @@ archive_of() { # archive_of IMAGE HASH
 }
 
 # ------------------------------------------------------------------- buildah images
+# The base image's Debian packages are pinned: hack/base-packages.lock records the version
+# of every package in it. Only Debian's regular archive is reachable here, and it serves
+# only the newest version of each package, so a build whose debootstrap got a different
+# version fails, naming each package, instead of silently shipping something else.
+# `hack/images.sh pin` records what the archive serves now (review the diff, commit it).
+pins=$root/hack/base-packages.lock
+
+# rootfs_packages TAR: "package=version" for each package installed in the rootfs archive.
+rootfs_packages() {
+  tar -xOf "$1" ./var/lib/dpkg/status | awk '
+    /^Package:/ { p = $2 } /^Status:/ { ok = ($4 == "installed") } /^Version:/ { v = $2 }
+    /^$/ { if (ok) print p "=" v; p = ""; ok = 0 }
+    END { if (ok && p != "") print p "=" v }' | sort
+}
+
+# check_pins TAR: fail loudly when the rootfs differs from the recorded versions.
+check_pins() {
+  local tar=$1 problems
+  problems=$(diff <(grep -v '^#' "$pins" | sed '/^$/d') <(rootfs_packages "$tar") | awk '
+    /^</ { split(substr($0, 3), a, "="); want[a[1]] = a[2] }
+    /^>/ { split(substr($0, 3), a, "="); got[a[1]] = a[2] }
+    END {
+      for (p in want) print "  " p ": recorded " want[p] ", the archive served " ((p in got) ? got[p] : "nothing (package gone)")
+      for (p in got) if (!(p in want)) print "  " p ": not recorded, the archive served " got[p]
+    }' | sort) || true
+  if [[ -n $problems ]]; then
+    log "ERROR: the base image's Debian packages differ from hack/base-packages.lock:"
+    printf '%s\n' "$problems" >&2
+    log "Debian's archive no longer serves the recorded versions. Review the changes (security"
+    log "updates, usually), then record them with 'hack/images.sh pin' and commit the lock."
+    return 1
+  fi
+}
+
+# debootstrap_rootfs TAR: a minimal bookworm with python3, made with debootstrap.
+debootstrap_rootfs() {
+  local tar=$1 rootfs
+  log "making the base image with debootstrap (first time, about a minute)"
+  rootfs=$(mktemp -d)
+  debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
+    bookworm "$rootfs" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >/dev/null
+  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
+  tar -C "$rootfs" -cf "$tar.tmp" .
+  rm -rf "$rootfs"
+  mv "$tar.tmp" "$tar"
+}
+
+# pin: record the versions the archive serves today in hack/base-packages.lock.
+pin() {
+  local tar=$store/debian-bookworm-rootfs.tar
+  rm -f "$tar"
+  debootstrap_rootfs "$tar"
+  {
+    echo "# The base image's Debian packages (bookworm, debootstrap minbase + python3,"
+    echo "# python3-venv, ca-certificates), as 'hack/images.sh pin' recorded them."
+    rootfs_packages "$tar"
+  } > "$pins"
+  log "recorded $(grep -vc '^#' "$pins") packages in $pins"
+}
+
 base() {
-  if buildah inspect --type image "$base_image" >/dev/null 2>&1; then
+  local tar=$store/debian-bookworm-rootfs.tar
+  if [[ -f $tar ]] && buildah inspect --type image "$base_image" >/dev/null 2>&1 \
+    && check_pins "$tar" 2>/dev/null; then
     return
   fi
-  local tar=$store/debian-bookworm-rootfs.tar
+  buildah rmi --force "$base_image" >/dev/null 2>&1 || true
+  # A cached rootfs made before the lock changed is made again, so the cached and the
+  # fresh path give the same image; a fresh one that differs from the lock fails.
+  if [[ -f $tar ]] && ! check_pins "$tar" 2>/dev/null; then
+    log "the cached base rootfs differs from hack/base-packages.lock: making it again"
+    rm -f "$tar"
+  fi
   if [[ ! -f $tar ]]; then
-    log "making the base image with debootstrap (first time, about a minute)"
-    local rootfs
-    rootfs=$(mktemp -d)
-    debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates \
-      bookworm "$rootfs" "${DEBIAN_MIRROR:-http://deb.debian.org/debian}" >/dev/null
-    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-    tar -C "$rootfs" -cf "$tar.tmp" .
-    mv "$tar.tmp" "$tar"
-    rm -rf "$rootfs"
+    debootstrap_rootfs "$tar"
+    check_pins "$tar" || { rm -f "$tar"; die "the base image's packages are not the pinned ones"; }
   fi
   local ctr
   ctr=$(buildah from scratch)
@@ -120,6 +183,14 @@ build_dockerfile() {
     docker save -o "$archive.tmp" "$image"
   else
     base
+    # `--layers` keeps every superseded stage as a dangling image; a machine that builds
+    # often fills its disk with them (48 GB seen). Below 20 GB free they are pruned first.
+    local free
+    free=$(df --output=avail -k /var/lib/containers 2>/dev/null | tail -1 || echo 0)
+    if ((${free:-0} < 20 * 1024 * 1024)); then
+      log "less than 20 GB free: pruning dangling build images"
+      buildah rmi --prune >/dev/null 2>&1 || true
+    fi
     # The installers' cache is a volume: rebuilding after a code change downloads nothing.
     local extra=()
     # Where the host reaches PyPI through a TLS-inspecting proxy, the build trusts the
@@ -231,10 +302,14 @@ load_node_images() {
   ctr_import "$(knp_archive)" "$(knp_image)"
 }
 
+# Sourced (by tests), it only defines its functions.
+[[ ${BASH_SOURCE[0]} == "$0" ]] || return 0
+
 case ${1:-all} in
   build) build ;;
   load) load ;;
   node) load_node_images ;;
+  pin) pin ;;
   all) build && load ;;
-  *) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) awk 'NR > 1 && !/^#/ { exit } NR > 1' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac
