@@ -662,30 +662,64 @@ def test_the_production_loop_with_a_person_in_it(
     node_cluster.run_kubectl("label", "namespace", release, "modelyard.io/approval-")
 
 
-def test_helm_uninstall_cleans_up(node_cluster: Any, release: str) -> None:
+def registered_versions(cluster: Any, ns: str) -> dict[str, Any]:
+    """What the registry holds of the model: versions with their tags, and aliases."""
+    with mlflow_client(cluster, ns) as (client, _):
+        versions = client.search_model_versions(f"name = '{MODEL}'")
+        aliases = client.get_registered_model(MODEL).aliases
+    return {
+        "versions": {int(v.version): dict(v.tags) for v in versions},
+        "aliases": dict(aliases),
+    }
+
+
+def test_helm_uninstall_keeps_the_registry_and_cleans_up_the_rest(
+    node_cluster: Any, release: str, champion: int
+) -> None:
     node_cluster.run_kubectl(
         "-n", release, "delete", "md", "--all", "--wait=true", "--timeout=120s"
     )
     node_cluster.run_kubectl("-n", release, "delete", "modelapprovals,rolebindings", "--all")
     node_cluster.run_kubectl("-n", release, "delete", "pod", "--all", "--wait=true")
-    helm = [str(node_cluster.bin_dir / "helm"), "--kubeconfig", str(node_cluster.kubeconfig)]
-    subprocess.run([*helm, "uninstall", RELEASE, "-n", release, "--wait"], check=True, timeout=300)
-    left = node_cluster.run_kubectl(
+    # (After the ModelDeployments are gone: their deletion clears their "deployed" tags.)
+    node_cluster.run_kubectl(
         "-n",
         release,
-        "get",
-        "all,cm,secret,pvc,sa,role,rolebinding,md",
-        "-o",
-        "name",
-        check=False,
-    ).stdout.split()
-    # What Kubernetes itself keeps in every namespace, and Jobs' finished pods aside.
-    left = [x for x in left if not x.endswith(("/kube-root-ca.crt", "/default"))]
-    # The registry users' passwords, which the operator generated, outlive the release
-    # (docs/security.md): a reinstall signs in to a kept users' database with them.
-    credentials = f"secret/{RELEASE}-modelyard-registry-credentials"
-    assert left == [credentials]
-    node_cluster.run_kubectl("-n", release, "delete", credentials)
+        "wait",
+        "--for=condition=Available",
+        "deployment",
+        "-l",
+        f"app.kubernetes.io/instance={RELEASE}",
+        "--timeout=300s",
+    )
+    before = registered_versions(node_cluster, release)
+    assert champion in before["versions"]
+    helm = [str(node_cluster.bin_dir / "helm"), "--kubeconfig", str(node_cluster.kubeconfig)]
+    chart = str(REPO / "charts" / "modelyard")
+    subprocess.run([*helm, "uninstall", RELEASE, "-n", release, "--wait"], check=True, timeout=300)
+
+    def left() -> list[str]:
+        names = node_cluster.run_kubectl(
+            "-n",
+            release,
+            "get",
+            "all,cm,secret,pvc,sa,role,rolebinding,md",
+            "-o",
+            "name",
+            check=False,
+        ).stdout.split()
+        # What Kubernetes itself keeps in every namespace, and Jobs' finished pods aside.
+        return sorted(x for x in names if not x.endswith(("/kube-root-ca.crt", "/default")))
+
+    # The data outlives the release (docs/install.md): the registry's and the lake's
+    # claims, and the registry users' passwords, which the operator generated
+    # (docs/security.md): a reinstall signs in to the kept users' database with them.
+    kept = [
+        f"persistentvolumeclaim/{RELEASE}-modelyard-lake",
+        f"persistentvolumeclaim/{RELEASE}-modelyard-mlflow",
+        f"secret/{RELEASE}-modelyard-registry-credentials",
+    ]
+    assert left() == kept
     roles = node_cluster.run_kubectl(
         "get",
         "clusterrole,clusterrolebinding",
@@ -697,3 +731,27 @@ def test_helm_uninstall_cleans_up(node_cluster: Any, release: str) -> None:
     assert roles == []
     crd = node_cluster.run_kubectl("get", "crd", "modeldeployments.modelyard.io", check=False)
     assert crd.returncode == 0  # CRDs are kept, as Helm does
+
+    # A reinstall finds the same registry: every version, its tags, the aliases.
+    subprocess.run(
+        [*helm, "install", RELEASE, chart, "-n", release, "--set", "pipelines.suspend=true"],
+        check=True,
+        timeout=600,
+        capture_output=True,
+    )
+    node_cluster.run_kubectl(
+        "-n",
+        release,
+        "wait",
+        "--for=condition=Available",
+        "deployment",
+        "-l",
+        f"app.kubernetes.io/instance={RELEASE}",
+        "--timeout=600s",
+    )
+    assert registered_versions(node_cluster, release) == before
+
+    # Deleting the data is a deliberate second step.
+    subprocess.run([*helm, "uninstall", RELEASE, "-n", release, "--wait"], check=True, timeout=300)
+    node_cluster.run_kubectl("-n", release, "delete", *kept, "--wait=true", "--timeout=120s")
+    assert left() == []

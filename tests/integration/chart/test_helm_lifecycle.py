@@ -102,8 +102,10 @@ def test_install_upgrade_uninstall(cluster: Any, restricted_namespace: str, rele
     assert names(cluster, ns, "cronjobs,configmaps", selector) == {
         f"configmap/{release}-modelyard-mlflow-auth"
     }
+    # The lake's claim stays (keep policy): its data is not lost with the pipelines.
     assert names(cluster, ns, "pvc", selector) == {
-        f"persistentvolumeclaim/{release}-modelyard-mlflow"
+        f"persistentvolumeclaim/{release}-modelyard-mlflow",
+        f"persistentvolumeclaim/{release}-modelyard-lake",
     }
     # A typo in the values is refused and names the key; the release stays as it was.
     typo = helm(
@@ -122,10 +124,40 @@ def test_install_upgrade_uninstall(cluster: Any, restricted_namespace: str, rele
     assert "additional properties 'resolveIntervall' not allowed" in typo.stderr
     assert operator_env(cluster, ns, release)["MODELYARD_RESOLVE_INTERVAL"] == "5"
 
+    claims = {
+        f"persistentvolumeclaim/{release}-modelyard-mlflow",
+        f"persistentvolumeclaim/{release}-modelyard-lake",
+    }
+    uids = claim_uids(cluster, ns, selector)
+    assert set(uids) == claims  # the lake's too, kept when the upgrade disabled pipelines
     helm("uninstall", release, "-n", ns, "--wait", kubeconfig=cluster.kubeconfig)
+    # The data is kept: the registry's and the lake's claims, the very same objects.
+    assert claim_uids(cluster, ns, selector) == uids
+    # A reinstall finds them (Helm adopts the kept claims of its own release).
+    helm("install", release, str(CHART), "-n", ns, kubeconfig=cluster.kubeconfig)
+    assert claim_uids(cluster, ns, selector) == uids
+    helm("uninstall", release, "-n", ns, "--wait", kubeconfig=cluster.kubeconfig)
+    # Deleting the data is a separate, deliberate step (docs/install.md).
+    cluster.run_kubectl("-n", ns, "delete", "pvc", "-l", selector, "--wait=false")
     wait_until_gone(cluster, [ns], selector)
     # The CRD is kept (Helm never deletes CRDs: the models would go with it).
     cluster.run_kubectl("get", "crd", "modeldeployments.modelyard.io")
+
+
+def claim_uids(cluster: Any, ns: str, selector: str) -> dict[str, str]:
+    out = cluster.run_kubectl(
+        "-n",
+        ns,
+        "get",
+        "pvc",
+        "-l",
+        selector,
+        "-o",
+        'jsonpath={range .items[*]}{.metadata.name}={.metadata.uid}{"\\n"}{end}',
+    ).stdout
+    return {
+        f"persistentvolumeclaim/{line.split('=')[0]}": line.split("=")[1] for line in out.split()
+    }
 
 
 def test_namespaced_mode(
@@ -173,5 +205,10 @@ def test_namespaced_mode(
         assert answer.stdout.strip() == "no", (verb, resource)
 
     helm("uninstall", release, "-n", ns, "--wait", kubeconfig=cluster.kubeconfig)
+    # The registry's claim is kept (docs/install.md); everything else goes.
+    assert set(claim_uids(cluster, ns, selector)) == {
+        f"persistentvolumeclaim/{release}-modelyard-mlflow"
+    }
+    cluster.run_kubectl("-n", ns, "delete", "pvc", "-l", selector, "--wait=false")
     wait_until_gone(cluster, [ns, team_a, team_b], selector)
     assert leftovers(cluster, [ns, team_a, team_b], selector) == []
