@@ -91,6 +91,13 @@ RUN $INSTALL_CODE
 # Pipelines (`modelyard pipeline run`), drift checks (`modelyard drift check`) and the
 # chart's MLflow tracking server (`mlflow server`).
 FROM runtime AS toolkit
+# pg_dump: `modelyard registry migrate` backs a PostgreSQL registry up before it migrates.
+# Pinned (hack/base-packages.lock pins the rest): Debian's archive serves only its newest
+# version, so when this one is gone the build fails here, naming it; update the pin.
+ARG POSTGRESQL_CLIENT=postgresql-client-15=15.18-0+deb12u1
+RUN apt-get update \
+ && apt-get install --yes --no-install-recommends "$POSTGRESQL_CLIENT" \
+ && rm -rf /var/lib/apt/lists/*
 COPY --from=toolkit-build /opt/modelyard /opt/modelyard
 ENV MPLCONFIGDIR=/tmp/matplotlib
 USER 10001:10001

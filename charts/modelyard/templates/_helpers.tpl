@@ -97,6 +97,41 @@ two releases share a cluster.
 {{- end -}}
 
 {{/* True ("true") when MLflow keeps something on its volume. */}}
+{{/*
+The tracking database, as `mlflow server --backend-store-uri` and `modelyard registry
+migrate` take it (PostgreSQL's user and password through PGUSER/PGPASSWORD, never here).
+*/}}
+{{- define "modelyard.mlflow.backendStoreUri" -}}
+{{- $pg := .Values.mlflow.backendStore.postgresql -}}
+{{- if $pg.host -}}
+postgresql+psycopg://{{ $pg.host }}:{{ $pg.port }}/{{ $pg.database }}
+{{- else -}}
+sqlite:////var/lib/mlflow/mlflow.db
+{{- end -}}
+{{- end -}}
+
+{{/*
+PostgreSQL's connection settings for libpq, from the chart's Secret (nothing without
+PostgreSQL).
+*/}}
+{{- define "modelyard.mlflow.postgresqlEnv" -}}
+{{- $pg := .Values.mlflow.backendStore.postgresql -}}
+{{- if $pg.host -}}
+- name: PGUSER
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "mlflow.backendStore.postgresql.existingSecret is required with mlflow.backendStore.postgresql.host" $pg.existingSecret }}
+      key: {{ $pg.userKey }}
+- name: PGPASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $pg.existingSecret }}
+      key: {{ $pg.passwordKey }}
+- name: PGSSLMODE
+  value: {{ $pg.sslMode | quote }}
+{{- end }}
+{{- end -}}
+
 {{- define "modelyard.mlflow.needsVolume" -}}
 {{- if or (not .Values.mlflow.backendStore.postgresql.host) (not .Values.mlflow.artifacts.s3.bucket) -}}
 true

@@ -61,6 +61,49 @@ def register(app: typer.Typer) -> None:
             if users:
                 console.print(f"{what}: {', '.join(users)}")
 
+    @registry_app.command("migrate")
+    def migrate_command(
+        backend_store_uri: Annotated[
+            str,
+            typer.Option(
+                "--backend-store-uri",
+                envvar="MODELYARD_BACKEND_STORE_URI",
+                help="The tracking database, as `mlflow server --backend-store-uri` takes it "
+                "(sqlite:////path or postgresql+psycopg://host:port/db; PostgreSQL's user "
+                "and password from PGUSER/PGPASSWORD).",
+            ),
+        ],
+        backup_dir: Annotated[
+            Path | None,
+            typer.Option(
+                "--backup-dir",
+                help="Where the backup taken before a migration goes (kept: delete old "
+                "ones yourself). Without it, a migration that is due is refused.",
+            ),
+        ] = None,
+    ) -> None:
+        """Migrate the tracking database to the schema this MLflow needs, after a
+        backup, before `mlflow server` starts (the chart's init container). Does nothing
+        when the schema is current; a failure names the backup to restore."""
+        from modelyard.pipelines import registry_migrate as m
+
+        try:
+            report = m.migrate(backend_store_uri, backup_dir)
+        except m.MigrationFailed as error:
+            message = f"MigrationFailed: {error}"
+            m.write_termination_message(message)
+            error_console.print(f"[red]error:[/red] {message}", soft_wrap=True)
+            raise typer.Exit(1) from None
+        if report.backup is None:
+            state = "a new database" if report.before is None else "current"
+            console.print(f"schema {report.after}: {state}, nothing to migrate")
+        else:
+            console.print(
+                f"migrated the schema from {report.before} to {report.after};"
+                f" the database before is backed up at {report.backup}",
+                soft_wrap=True,
+            )
+
     @registry_app.command("grant")
     def grant_command(
         model: Annotated[str, typer.Argument(help="Registered model name.")],

@@ -76,7 +76,19 @@ def chart_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ChartMlfl
     deployment = one(
         render("--set", "mlflow.auth.enabled=false"), "Deployment", "my-modelyard-mlflow"
     )
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    pod = deployment["spec"]["template"]["spec"]
+    # Its init containers first, as the kubelet runs them: the schema migration.
+    for init in pod.get("initContainers") or []:
+        done = subprocess.run(
+            [*init["command"], *(a.replace("/var/lib/mlflow", str(root)) for a in init["args"])],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            env=subprocess_env(**{e["name"]: e["value"] for e in init["env"] if "value" in e}),
+            check=False,
+        )
+        assert done.returncode == 0, f"init container {init['name']}: {done.stderr}"
+    container = pod["containers"][0]
     port = free_port()
     args = []
     for arg in container["args"]:
