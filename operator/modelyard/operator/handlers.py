@@ -21,11 +21,13 @@ from typing import Any
 
 import kopf
 from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
 from modelyard.core import contracts as c
 from modelyard.core.redaction import install_log_redaction, redact_uri
 from modelyard.operator.approvals import Decision, unmatched
 from modelyard.operator.children import SERVER_APP
+from modelyard.operator.crds import ensure_crds
 from modelyard.operator.credentials import ensure_accounts
 from modelyard.operator.events import post_event
 from modelyard.operator.reconcile import Key, Operator, release, run_reconcile, write_answer
@@ -83,6 +85,18 @@ def configure(
     settings.posting.level = logging.WARNING
     ours = OperatorSettings.from_env()
     api_client = _kube_api_client()
+    if ours.manage_crds:
+        try:
+            for outcome in ensure_crds(api_client):
+                log = logger.warning if outcome.action in ("missing", "newer") else logger.info
+                log(outcome.message)
+        except ApiException as error:
+            # The servers keep working on the installed schema; say what is missing.
+            logger.error(
+                "could not upgrade the CRDs (%s %s): apply manifests/crds yourself",
+                error.status,
+                error.reason,
+            )
     accounts = None
     if ours.credentials_secret_ref is not None:
         namespace, name = ours.credentials_secret_ref

@@ -51,6 +51,10 @@ class OperatorSettings(BaseModel):
     # MODELYARD_SERVER_CLIENT_NAMESPACES: comma-separated namespaces whose pods may call
     # every model server (the installation's own namespace, Prometheus's, ...).
     server_client_namespaces: str = ""
+    # MODELYARD_MANAGE_CRDS: at start, apply the CRDs this operator was built with to the
+    # cluster's (only existing ones, only forward in version; docs/install.md): Helm never
+    # upgrades a chart's CRDs.
+    manage_crds: bool = False
     # MODELYARD_METRICS_PORT: port of the operator's Prometheus /metrics (0: not served).
     metrics_port: int = Field(default=8081, ge=0, le=65535)
 

@@ -22,6 +22,12 @@ def test_crd_copies_are_identical() -> None:
         "charts/modelyard/crds/ differs from manifests/crds/: "
         "cp manifests/crds/*.yaml charts/modelyard/crds/"
     )
+    # The operator applies its own copy at start (operator.manageCRDs).
+    embedded = REPO / "operator" / "modelyard" / "operator" / "crds"
+    assert {p.name: p.read_bytes() for p in embedded.glob("*.yaml")} == sources, (
+        "operator/modelyard/operator/crds/ differs from manifests/crds/: "
+        "cp manifests/crds/*.yaml operator/modelyard/operator/crds/"
+    )
 
 
 def test_sample_pipelines_copy_is_identical() -> None:

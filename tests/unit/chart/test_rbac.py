@@ -47,7 +47,8 @@ NAMESPACED = {
 # kopf observes CRDs and namespaces in both modes; namespaces' labels say whether
 # approval is required there.
 CLUSTER_READ = {
-    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch"},
+    # patch: its own two CRDs by name only (test_the_operator_patches_only_its_own_crds).
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"get", "list", "watch", "patch"},
     ("", "namespaces"): {"get", "list", "watch"},
 }
 #: The roles of the approval model (docs/approval.md): separate, neither includes the other.
@@ -91,9 +92,25 @@ def test_no_wildcards(values: Path) -> None:
             for field in ("apiGroups", "resources", "verbs"):
                 assert not any("*" in item for item in rule.get(field, [])), (role, rule)
             assert "nonResourceURLs" not in rule
-            # Names only narrow reads; a rule naming objects is never a write in disguise.
+            # Names narrow only the verbs RBAC checks against one object's name: with
+            # create, list, watch or deletecollection they would grant every object.
             if "resourceNames" in rule:
-                assert set(rule["verbs"]) <= {"get"}, (role, rule)
+                assert set(rule["verbs"]) <= {"get", "patch"}, (role, rule)
+
+
+def test_the_operator_patches_only_its_own_crds() -> None:
+    [patch] = [r for r in operator_role(render())["rules"] if "patch" in r["verbs"] and
+               r["resources"] == ["customresourcedefinitions"]]  # fmt: skip
+    assert patch["resourceNames"] == [
+        "modeldeployments.modelyard.io",
+        "modelapprovals.modelyard.io",
+    ]
+    assert patch["verbs"] == ["patch"]
+    # Off, the operator may not change any CRD.
+    role = operator_role(render("--set", "operator.manageCRDs=false"))
+    assert permissions(role)[("apiextensions.k8s.io", "customresourcedefinitions")] == {
+        "get", "list", "watch"
+    }  # fmt: skip
 
 
 def credentials_role(objects: list[dict[str, Any]]) -> dict[str, Any]:
