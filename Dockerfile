@@ -97,7 +97,7 @@ FROM runtime AS toolkit
 ARG POSTGRESQL_CLIENT=postgresql-client-15=15.18-0+deb12u1
 RUN apt-get update \
  && apt-get install --yes --no-install-recommends "$POSTGRESQL_CLIENT" \
- && rm -rf /var/lib/apt/lists/*
+ && apt-get clean && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /var/log/apt /var/log/dpkg.log
 COPY --from=toolkit-build /opt/modelyard /opt/modelyard
 ENV MPLCONFIGDIR=/tmp/matplotlib
 USER 10001:10001

@@ -50,7 +50,12 @@ CLUSTER ?= local
 .PHONY: e2e
 e2e: venv ## End-to-end tests on a real node: images, helm install, pods serving
 	CLUSTER=$(CLUSTER) hack/images.sh build
-	CLUSTER=$(CLUSTER) $(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
+	CLUSTER=$(CLUSTER) $(VENV)/bin/pytest tests/e2e $(if $(filter kind,$(CLUSTER)),-m "not node_only") $(PYTEST_ARGS)
+
+.PHONY: release
+release: ## Push the images and the chart to REGISTRY (e.g. make release REGISTRY=localhost:5000)
+	@test -n "$(REGISTRY)" || { echo "usage: make release REGISTRY=host[:port][/path]"; exit 2; }
+	hack/release.sh $(REGISTRY)
 
 .PHONY: images
 images: ## Build the images from the Dockerfiles and load them into the node

@@ -17,6 +17,7 @@ or of the operator (watching an empty namespace), after a settling time, median 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -40,7 +41,12 @@ def buildah(*args: str, capture: bool = True) -> str:
 def image_size(image: str) -> int:
     """Uncompressed size in bytes, as `buildah images` counts it."""
     out = buildah("images", "--json", image)
-    return int(json.loads(out)[0]["size"])
+    size = json.loads(out)[0]["size"]
+    if isinstance(size, int):
+        return size
+    # Older buildah (Debian's 1.28) gives it in words: "890 MB" (decimal units).
+    number, unit = str(size).split()
+    return round(float(number) * {"B": 1, "kB": 1e3, "KB": 1e3, "MB": 1e6, "GB": 1e9}[unit])
 
 
 class Container:
@@ -70,22 +76,8 @@ class Container:
 
 def tree_rss_mib(root_pid: int) -> float:
     """Resident memory of a process and all its descendants, MiB."""
-    pids = {root_pid}
-    changed = True
-    while changed:
-        changed = False
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit() or int(entry.name) in pids:
-                continue
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            if ppid in pids:
-                pids.add(int(entry.name))
-                changed = True
     total_kib = 0
-    for pid in pids:
+    for pid in tree_pids(root_pid):
         try:
             for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
@@ -146,8 +138,35 @@ def wait_http(url: str, timeout: float) -> None:
     raise TimeoutError(url)
 
 
+def tree_pids(root_pid: int) -> set[int]:
+    """A process and all its descendants."""
+    pids = {root_pid}
+    changed = True
+    while changed:
+        changed = False
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) in pids:
+                continue
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid in pids:
+                pids.add(int(entry.name))
+                changed = True
+    return pids
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def server_idle_rss(image: str, model_dir: Path, settle: float, entrypoint: list[str]) -> float:
-    port = 3900
+    port = free_port()
     container = Container(image, {str(model_dir): "/model"})
     proc = subprocess.Popen(
         container.run_args(
@@ -162,13 +181,21 @@ def server_idle_rss(image: str, model_dir: Path, settle: float, entrypoint: list
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
+    pids: set[int] = set()
     try:
         wait_http(f"http://127.0.0.1:{port}/readyz", 180)
         time.sleep(settle)
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited ({proc.returncode}) before it was measured")
+        pids = tree_pids(proc.pid)
         return tree_rss_mib(proc.pid)
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(60)
+        # BentoML's workers run in sessions of their own: stop whatever is left of them.
+        for pid in pids - {proc.pid}:
+            with contextlib.suppress(OSError):
+                os.kill(pid, 9)
         container.close()
 
 

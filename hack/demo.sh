@@ -40,7 +40,9 @@ step "helm install $release charts/modelyard (namespace $ns)"
 kubectl create namespace "$ns" --dry-run=client -o yaml | kubectl apply -f - >/dev/null
 kubectl label namespace "$ns" --overwrite pod-security.kubernetes.io/enforce=restricted >/dev/null
 # Not `helm --wait`: the data-lake claim binds only when a pipeline pod first uses it.
-helm upgrade --install "$release" charts/modelyard -n "$ns" --set pipelines.suspend=true
+# image.registry empty: the images hack/images.sh loaded into the node, not the published ones.
+helm upgrade --install "$release" charts/modelyard -n "$ns" --set image.registry= \
+  --set pipelines.suspend=true
 kubectl -n "$ns" wait --for=condition=Available deployment \
   -l "app.kubernetes.io/instance=$release" --timeout=10m
 kubectl -n "$ns" get pods

@@ -77,6 +77,9 @@ def toolkit_image() -> str:
 #: A retraining pipeline for the production loop: the sample churn pipeline, but the
 #: challenger always becomes champion (margin -1): a person approves what goes live.
 RETRAIN_PIPELINE = "churn-retrain"
+#: The images as hack/images.sh loads them into the node (bare names), not the published
+#: release's registry (the chart's default).
+LOCAL_IMAGES = ("--set", "image.registry=")
 
 
 def retrain_definition(directory: Path) -> Path:
@@ -110,6 +113,7 @@ def release(node_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
             str(REPO / "charts" / "modelyard"),
             "-n",
             ns,
+            *LOCAL_IMAGES,
             "--set",
             "operator.resolveInterval=3",
             "--set",

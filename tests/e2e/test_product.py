@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 from modelyard.core.contracts import RegistryUsers
-from tests.e2e.conftest import RETRAIN_PIPELINE
+from tests.e2e.conftest import LOCAL_IMAGES, RETRAIN_PIPELINE
 from tests.support.incluster import E2E_RELEASE as RELEASE
 from tests.support.incluster import (
     port_forward,
@@ -734,7 +734,17 @@ def test_helm_uninstall_keeps_the_registry_and_cleans_up_the_rest(
 
     # A reinstall finds the same registry: every version, its tags, the aliases.
     subprocess.run(
-        [*helm, "install", RELEASE, chart, "-n", release, "--set", "pipelines.suspend=true"],
+        [
+            *helm,
+            "install",
+            RELEASE,
+            chart,
+            "-n",
+            release,
+            *LOCAL_IMAGES,
+            "--set",
+            "pipelines.suspend=true",
+        ],
         check=True,
         timeout=600,
         capture_output=True,

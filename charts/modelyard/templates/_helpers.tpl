@@ -164,7 +164,14 @@ Empty when the chart's MLflow runs without users.
 {{- end -}}
 
 {{- define "modelyard.image" -}}
-{{- printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) -}}
+{{- $registry := .ctx.Values.image.registry -}}
+{{- /* A repository that names its own registry (a host with a dot or a port, or localhost) is used as it is. */}}
+{{- $first := first (splitList "/" .image.repository) -}}
+{{- if or (contains "." $first) (contains ":" $first) (eq "localhost" $first) -}}
+{{- $registry = "" -}}
+{{- end -}}
+{{- $name := printf "%s:%s" .image.repository (default .ctx.Chart.AppVersion .image.tag) -}}
+{{- if $registry }}{{ printf "%s/%s" $registry $name }}{{ else }}{{ $name }}{{ end -}}
 {{- end -}}
 
 {{/* The Pod Security "restricted" profile: the pod part. */}}

@@ -30,7 +30,7 @@ def _chart_cronjob(objects: list[dict[str, Any]], pipeline: str) -> dict[str, An
 def _rendered(path: Any, **options: Any) -> dict[str, Any]:
     pipeline = load_pipeline(path, {}, strict_placeholders=False)
     defaults: dict[str, Any] = {
-        "image": f"modelyard/toolkit:{__version__}",
+        "image": f"ghcr.io/modelyard/modelyard/toolkit:{__version__}",  # the published one
         "namespace": NAMESPACE,
         "config_map": f"{RELEASE}-modelyard-{pipeline.name}-pipeline",
         "lake_pvc": f"{RELEASE}-modelyard-lake",

@@ -66,7 +66,7 @@ def test_operator(default_objects: list[dict[str, Any]]) -> None:
     assert deployment["spec"]["replicas"] == 1
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     c = container(deployment)
-    assert c["image"] == "modelyard/operator:0.1.0"
+    assert c["image"] == "ghcr.io/modelyard/modelyard/operator:0.1.0"  # the published image
     assert c["imagePullPolicy"] == "IfNotPresent"
     assert c["command"] == ["modelyard", "operator"]
     assert "--liveness=http://0.0.0.0:8080/healthz" in c["args"]
@@ -80,11 +80,11 @@ def test_operator(default_objects: list[dict[str, Any]]) -> None:
     )
     env = env_of(c)
     assert env["MODELYARD_DEFAULT_TRACKING_URI"] == MLFLOW_URL
-    assert env["MODELYARD_SERVER_IMAGE"] == "modelyard/server:0.1.0"
+    assert env["MODELYARD_SERVER_IMAGE"] == "ghcr.io/modelyard/modelyard/server:0.1.0"
     assert env["MODELYARD_SERVER_IMAGE_PULL_POLICY"] == "IfNotPresent"
     assert env["MODELYARD_RESOLVE_INTERVAL"] == "30"
     assert env["MODELYARD_METRICS_PORT"] == "8081"
-    assert env["MODELYARD_TOOLKIT_IMAGE"] == "modelyard/toolkit:0.1.0"
+    assert env["MODELYARD_TOOLKIT_IMAGE"] == "ghcr.io/modelyard/modelyard/toolkit:0.1.0"
     assert pod_spec(deployment)["serviceAccountName"] == OPERATOR
     service = one(default_objects, "Service", OPERATOR)
     assert service["spec"]["ports"][0]["port"] == 8080
@@ -105,7 +105,7 @@ def test_operator_settings_from_values() -> None:
     env = env_of(c)
     assert env["MODELYARD_RESOLVE_INTERVAL"] == "5"
     assert env["MODELYARD_PREDICTION_LOG"] == "s3://logs/predictions"
-    assert env["MODELYARD_SERVER_IMAGE"] == "modelyard/server:2.0.0"
+    assert env["MODELYARD_SERVER_IMAGE"] == "ghcr.io/modelyard/modelyard/server:2.0.0"
     assert "--verbose" in c["args"]
 
 
@@ -256,3 +256,36 @@ def test_labels(default_objects: list[dict[str, Any]]) -> None:
         assert labels["app.kubernetes.io/version"] == "0.1.0"
         assert labels["app.kubernetes.io/part-of"] == "modelyard"
         assert labels["app.kubernetes.io/component"]
+
+
+def test_images_come_from_the_registry_value() -> None:
+    def images(*args: str) -> set[str]:
+        objects = render(*args)
+        return {
+            c["image"]
+            for o in objects
+            if o["kind"] in ("Deployment", "CronJob")
+            for c in container_list(o)
+        }
+
+    assert images() == {
+        "ghcr.io/modelyard/modelyard/operator:0.1.0",
+        "ghcr.io/modelyard/modelyard/toolkit:0.1.0",
+    }
+    # The node's own images (make demo, the e2e tests): the bare names.
+    assert images("--set", "image.registry=") == {
+        "modelyard/operator:0.1.0",
+        "modelyard/toolkit:0.1.0",
+    }
+    # A repository that names its registry is used as it is.
+    assert "mirror.example.com:5000/ml/toolkit:0.1.0" in images(
+        "--set", "image.toolkit.repository=mirror.example.com:5000/ml/toolkit"
+    )
+
+
+def container_list(obj: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = obj["spec"]
+    if obj["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    pod = spec["template"]["spec"]
+    return [*pod.get("initContainers", []), *pod["containers"]]
