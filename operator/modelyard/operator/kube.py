@@ -28,6 +28,8 @@ from modelyard.operator.metrics import OperatorMetrics
 from modelyard.operator.store import ObjectStore
 
 FIELD_MANAGER = "modelyard-operator"
+#: Holds a Deployment's replica count while it passes from our apply to an HPA.
+HANDOVER_MANAGER = "modelyard-operator-handover"
 APPLIED_HASH = "modelyard.io/applied-hash"
 
 
@@ -52,6 +54,29 @@ def manifest_hash(manifest: Mapping[str, Any]) -> str:
 def owned_by(obj: Mapping[str, Any], owner_uid: str) -> bool:
     refs = (obj.get("metadata") or {}).get("ownerReferences") or []
     return any(ref.get("uid") == owner_uid for ref in refs)
+
+
+def replicas_handover(manifest: Mapping[str, Any], seen: Mapping[str, Any] | None) -> int | None:
+    """The replica count to hand over before ``manifest`` drops ``spec.replicas``.
+
+    A server-side apply that stops setting a field its manager owned alone resets it to
+    its default: a Deployment switched from ``replicas: 4`` to autoscaling fell to one pod
+    until the HPA scaled it back. Applying the current count first under a second manager
+    (Kubernetes' documented way to hand a field to an HPA) keeps it where it is; the HPA
+    then takes the field over by changing it.
+    """
+    if seen is None or manifest.get("kind") != "Deployment":
+        return None
+    if "replicas" in (manifest.get("spec") or {}):
+        return None
+    current = (seen.get("spec") or {}).get("replicas")
+    if current is None:
+        return None
+    for entry in (seen.get("metadata") or {}).get("managedFields") or []:
+        fields = (entry.get("fieldsV1") or {}).get("f:spec") or {}
+        if entry.get("manager") == FIELD_MANAGER and "f:replicas" in fields:
+            return int(current)
+    return None
 
 
 class Kube:
@@ -133,13 +158,30 @@ class Kube:
         annotations = ((seen or {}).get("metadata") or {}).get("annotations") or {}
         if seen is not None and annotations.get(APPLIED_HASH) == digest and not force:
             return seen
+        keep = replicas_handover(manifest, seen)
+        if keep is not None:
+            self._server_side_apply(
+                {
+                    "apiVersion": manifest["apiVersion"],
+                    "kind": kind,
+                    "metadata": {"name": name, "namespace": namespace},
+                    "spec": {"replicas": keep},
+                },
+                HANDOVER_MANAGER,
+            )
+        result = self._server_side_apply(manifest, FIELD_MANAGER)
+        self.store.put(kind, result)
+        return result
+
+    def _server_side_apply(self, manifest: dict[str, Any], manager: str) -> dict[str, Any]:
+        kind, name = manifest["kind"], manifest["metadata"]["name"]
         self.calls["apply"] += 1
         self.metrics.api_writes.labels("apply").inc()
         try:
             applied = self.resource(manifest["apiVersion"], kind).server_side_apply(
                 body=manifest,
-                namespace=namespace,
-                field_manager=FIELD_MANAGER,
+                namespace=manifest["metadata"]["namespace"],
+                field_manager=manager,
                 force_conflicts=True,
                 _request_timeout=self.timeout,
             )
@@ -147,9 +189,7 @@ class Kube:
             raise ApplyFailed(kind, name, int(error.status or 0), _api_message(error)) from None
         except ApiException as error:
             raise ApplyFailed(kind, name, int(error.status or 0), _api_message(error)) from None
-        result = dict(applied.to_dict())
-        self.store.put(kind, result)
-        return result
+        return dict(applied.to_dict())
 
     def create(self, manifest: dict[str, Any]) -> bool:
         """Create ``manifest``; False when an object of that name exists already."""

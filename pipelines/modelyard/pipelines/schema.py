@@ -7,6 +7,8 @@ is not dropped: it goes to the quarantine with the reason, and the run summary c
 
 from __future__ import annotations
 
+import decimal
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -19,6 +21,9 @@ REASON_COLUMN = "_quarantine_reason"
 
 _TRUE = {"true", "t", "yes", "y", "1"}
 _FALSE = {"false", "f", "no", "n", "0"}
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+#: Every integer up to this magnitude is exactly a float64; beyond, floats skip integers.
+_EXACT_FLOAT = 2**53
 
 
 class ColumnSpec(BaseModel):
@@ -56,21 +61,65 @@ def _is_null(values: pd.Series) -> pd.Series:
     return values.isna() | as_text.eq("").fillna(False)
 
 
+def _exact_integer(value: object) -> int | None:
+    """``value`` as the integer it exactly is, or None: no fraction, no infinity, nothing
+    outside int64, and no float beyond 2**53 (such a float may not be the number sent)."""
+    number: int | None = None
+    if isinstance(value, bool | np.bool_ | int | np.integer):
+        number = int(value)
+    elif isinstance(value, float | np.floating):
+        real = float(value)
+        if math.isfinite(real) and real.is_integer() and abs(real) <= _EXACT_FLOAT:
+            number = int(real)
+    elif isinstance(value, decimal.Decimal):
+        if value.is_finite() and value == value.to_integral_value():
+            number = int(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if "_" in text:  # int() reads "1_000"; no data format means that
+            return None
+        try:
+            number = int(text)
+        except ValueError:
+            try:
+                return _exact_integer(float(text))  # "3.0", "1e3"
+            except ValueError:
+                return None
+    if number is None or not _INT64_MIN <= number <= _INT64_MAX:
+        return None
+    return number
+
+
+def _integers(values: pd.Series, null: pd.Series) -> tuple[pd.Series, pd.Series]:
+    """An integer column as Int64; a value that is not exactly an int64 is bad (it used
+    to raise for ``inf``, ``1e30`` or an unsigned value beyond int64, failing the step)."""
+    present = values.where(~null)
+    if pd.api.types.is_integer_dtype(values.dtype) and not pd.api.types.is_unsigned_integer_dtype(
+        values.dtype
+    ):
+        return present.astype("Int64"), pd.Series(False, index=values.index)
+    fast = pd.to_numeric(present, errors="coerce")
+    if pd.api.types.is_signed_integer_dtype(fast.dtype):  # every value an exact int64
+        return fast.astype("Int64"), pd.Series(False, index=values.index)
+    parsed = [
+        None if missing else _exact_integer(v) for v, missing in zip(values, null, strict=True)
+    ]
+    numbers = pd.array(parsed, dtype="Int64")
+    bad = pd.Series([p is None for p in parsed], index=values.index) & ~null
+    return pd.Series(numbers, index=values.index), bad
+
+
 def _coerce(values: pd.Series, kind: ColumnType) -> tuple[pd.Series, pd.Series]:
     """Convert one column; also return where a non-null value failed to convert."""
     null = _is_null(values)
     if kind == "string":
         converted = values.astype("string").where(~null, pd.NA)
         return converted, pd.Series(False, index=values.index)
-    if kind in {"integer", "float"}:
+    if kind == "integer":
+        return _integers(values, null)
+    if kind == "float":
         numbers = pd.to_numeric(values.where(~null), errors="coerce")
-        bad = numbers.isna() & ~null
-        if kind == "integer":
-            fractional = numbers.notna() & (numbers != np.floor(numbers.fillna(0)))
-            bad |= fractional
-            numbers = numbers.where(~bad)
-            return numbers.astype("Int64"), bad
-        return numbers.astype("float64"), bad
+        return numbers.astype("float64"), numbers.isna() & ~null
     if kind == "boolean":
         text = values.astype("string").str.strip().str.lower()
         mapped = pd.Series(pd.NA, index=values.index, dtype="boolean")

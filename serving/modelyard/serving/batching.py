@@ -3,9 +3,17 @@
 One model call runs at a time per worker. Requests that arrive while it runs queue up,
 and the next call takes all of them (up to ``max_batch_requests`` / ``max_batch_rows``)
 as one batch. Batches therefore grow with load by themselves, and a lone request never
-waits for company: at low load the latency is the model's own. A request that has queued
-longer than ``max_latency_ms`` when its turn comes is refused (503) rather than answered
-late, which bounds the latency cost of queueing under overload.
+waits for company: at low load the latency is the model's own.
+
+Overload is when more requests queue than one model call takes: a request that a call
+has already passed over (its batch was full) and that has queued longer than
+``max_latency_ms`` is refused (503) rather than answered late. Requests queued behind one
+slow call are not refused: they all fit in the next call, so waiting was not overload.
+
+A model call that takes longer than ``predict_timeout`` seconds is taken as hung: its
+requests, and every request after it, fail with 503, and :attr:`PredictionBatcher.hung`
+says why (the server's liveness probe then fails, so the pod is restarted): a thread
+cannot be stopped, a process can.
 
 Why not ``@bentoml.api(batchable=True)``: BentoML's dispatcher parses each body before
 our code runs (a bad request fails its whole batch, with BentoML's error shape) and holds
@@ -33,7 +41,11 @@ logger = logging.getLogger(__name__)
 
 
 class BatchShed(Exception):
-    """The request waited longer than the latency budget: the server is overloaded."""
+    """The server cannot take the request now (overloaded, or its model hung): 503."""
+
+
+class ModelHung(BatchShed):
+    """A model call passed its deadline; this worker can no longer answer."""
 
 
 @dataclass
@@ -41,6 +53,8 @@ class _Pending:
     model_input: ModelInput
     future: asyncio.Future[Array]
     enqueued: float
+    #: A model call started without it because its batch was full: real overload.
+    passed_over: bool = False
 
 
 class PredictionBatcher:
@@ -54,18 +68,26 @@ class PredictionBatcher:
         max_batch_requests: int = 256,
         max_batch_rows: int = 8192,
         max_latency_ms: int = 1000,
+        predict_timeout: float | None = None,
         on_batch: Callable[[int, int], None] = lambda n_requests, n_rows: None,
+        on_hung: Callable[[ModelHung], None] = lambda error: None,
     ) -> None:
         self._predict = predict
         self._names = list(column_names)
         self.max_batch_requests = max_batch_requests
         self.max_batch_rows = max_batch_rows
         self.max_latency = max_latency_ms / 1000
+        self.predict_timeout = predict_timeout
         self._on_batch = on_batch
+        self._on_hung = on_hung
         self._queue: deque[_Pending] = deque()
         self._draining = False
+        #: Set once a model call passed ``predict_timeout``: the worker must be restarted.
+        self.hung: ModelHung | None = None
 
     async def predict(self, model_input: ModelInput) -> Array:
+        if self.hung is not None:
+            raise self.hung
         loop = asyncio.get_running_loop()
         pending = _Pending(model_input, loop.create_future(), time.monotonic())
         self._queue.append(pending)
@@ -85,7 +107,7 @@ class PredictionBatcher:
             self._queue.popleft()
             if pending.future.done():  # the client went away
                 continue
-            if now - pending.enqueued > self.max_latency:
+            if pending.passed_over and now - pending.enqueued > self.max_latency:
                 pending.future.set_exception(
                     BatchShed(
                         "the server is overloaded: the request waited longer than "
@@ -95,7 +117,31 @@ class PredictionBatcher:
                 continue
             batch.append(pending)
             rows += pending.model_input.n_rows
+        for waiting in self._queue:  # this call is full: the rest is overload
+            waiting.passed_over = True
         return batch
+
+    async def _call(self, inputs: list[ModelInput]) -> list[Array | Exception]:
+        """The model call in a worker thread, abandoned (not awaited) past its deadline."""
+        call = anyio.to_thread.run_sync(self.predict_batch, inputs, abandon_on_cancel=True)
+        if self.predict_timeout is None:
+            return await call
+        try:
+            return await asyncio.wait_for(call, self.predict_timeout)
+        except TimeoutError:
+            self.hung = ModelHung(
+                f"a model call took longer than {self.predict_timeout:g} s "
+                "(MODELYARD_PREDICT_TIMEOUT); this server stops taking requests and restarts"
+            )
+            logger.critical("%s", self.hung)
+            self._on_hung(self.hung)
+            raise self.hung from None
+
+    def _fail_queued(self, error: Exception) -> None:
+        while self._queue:
+            pending = self._queue.popleft()
+            if not pending.future.done():
+                pending.future.set_exception(error)
 
     async def _drain(self) -> None:
         batch: list[_Pending] = []
@@ -105,7 +151,7 @@ class PredictionBatcher:
                 if not batch:
                     continue
                 inputs = [p.model_input for p in batch]
-                results = await anyio.to_thread.run_sync(self.predict_batch, inputs)
+                results = await self._call(inputs)
                 for pending, result in zip(batch, results, strict=True):
                     if pending.future.done():
                         continue
@@ -114,6 +160,11 @@ class PredictionBatcher:
                     else:
                         pending.future.set_result(result)
                 batch = []
+        except ModelHung as hung:
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(hung)
+            self._fail_queued(hung)
         except BaseException as exc:
             for pending in batch:
                 if not pending.future.done():
@@ -123,7 +174,9 @@ class PredictionBatcher:
             raise
         finally:
             self._draining = False
-            if self._queue:  # arrived while this task was finishing
+            if self._queue and self.hung is not None:
+                self._fail_queued(self.hung)
+            elif self._queue:  # arrived while this task was finishing
                 self._draining = True
                 asyncio.get_running_loop().create_task(self._drain())
 

@@ -6,15 +6,26 @@ Layout and columns are the contract in ``docs/contracts.md``::
 
 Rows are buffered in memory (a request only appends to a list) and written by a
 background thread on an interval, when the buffer fills, and on shutdown. A failing sink
-never fails a request: the rows stay buffered for the next attempt (up to a bound, beyond
-which the oldest are dropped) and every failure is counted.
+never fails a request: the rows stay buffered for the next attempt, and every failure is
+counted.
+
+Memory is bounded in bytes (``max_buffered_bytes``, the rows waiting and those being
+written together): beyond it the oldest rows are dropped, and a drop is never silent: it
+is counted (``on_rows_dropped``, a metric), logged, and, once the sink takes writes
+again, recorded in the log itself as a JSON line under ``{base}/_dropped/``, so that
+``rows in the log + rows recorded as dropped == rows answered``. What a process cannot
+write when it is killed (SIGKILL, OOM) is lost without a record: at most the rows of one
+flush interval, plus any backlog of a sink that is down (docs/serving.md).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +42,16 @@ from modelyard.serving.payload import Array
 logger = logging.getLogger(__name__)
 
 TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
+#: What a buffered request costs beyond its arrays: the object, its dict and strings.
+_ENTRY_OVERHEAD = 400
+#: Drops are logged at most this often (one line with the count), not once per request.
+_DROP_LOG_SECONDS = 10.0
+
+
+def _array_bytes(array: Array) -> int:
+    if array.dtype != object:
+        return int(array.nbytes)
+    return int(array.nbytes) + sum(sys.getsizeof(v) for v in array.ravel().tolist())
 
 
 @dataclass(frozen=True)
@@ -40,6 +61,18 @@ class LoggedRequest:
     columns: dict[str, Array]
     predictions: Array
     n_rows: int
+
+    @property
+    def size(self) -> int:
+        """Bytes this request holds while it is buffered (an estimate from below)."""
+        arrays = sum(_array_bytes(a) for a in self.columns.values())
+        return arrays + _array_bytes(self.predictions) + len(self.request_id) + _ENTRY_OVERHEAD
+
+
+@dataclass
+class _Buffered:
+    entry: LoggedRequest
+    size: int
 
 
 def partition_dir(base: str, model_name: str, model_version: str, day: datetime) -> str:
@@ -114,7 +147,7 @@ class PredictionLog:
         *,
         flush_interval: float = 10.0,
         flush_rows: int = 50_000,
-        max_buffered_rows: int = 1_000_000,
+        max_buffered_bytes: int = 128 * 1024 * 1024,
         on_write_failure: Callable[[], None] = lambda: None,
         on_rows_dropped: Callable[[int], None] = lambda n: None,
     ) -> None:
@@ -125,30 +158,81 @@ class PredictionLog:
         self.model_version = model_version
         self.flush_interval = flush_interval
         self.flush_rows = flush_rows
-        self.max_buffered_rows = max_buffered_rows
+        self.max_buffered_bytes = max_buffered_bytes
         self._on_write_failure = on_write_failure
         self._on_rows_dropped = on_rows_dropped
-        self._buffer: list[LoggedRequest] = []
+        self._buffer: list[_Buffered] = []
         self._buffered_rows = 0
+        #: Bytes held: the buffer plus the rows a flush is writing right now.
+        self._held_bytes = 0
         self._lock = threading.Lock()
         # Serialises writers: the interval thread and a shutdown flush.
         self._flush_lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # Drops not yet recorded in the log itself, and not yet logged as a line.
+        self._unrecorded: list[dict[str, Any]] = []
+        self._unlogged_drops = 0
+        self._last_drop_log = 0.0
+        #: Rows dropped since the start (what the metric counts).
+        self.dropped_rows = 0
 
     @property
     def buffered_rows(self) -> int:
         return self._buffered_rows
 
+    @property
+    def held_bytes(self) -> int:
+        return self._held_bytes
+
     def record(self, entry: LoggedRequest) -> None:
-        """Called on the request path: append only, never raises for sink trouble."""
+        """Called on the request path: append only, never raises for sink trouble. Over
+        the byte bound the oldest waiting rows make room (counted, never silent)."""
+        size = entry.size
+        dropped: list[LoggedRequest] = []
         with self._lock:
-            self._buffer.append(entry)
+            self._buffer.append(_Buffered(entry, size))
             self._buffered_rows += entry.n_rows
+            self._held_bytes += size
+            while self._held_bytes > self.max_buffered_bytes and self._buffer:
+                oldest = self._buffer.pop(0)
+                self._buffered_rows -= oldest.entry.n_rows
+                self._held_bytes -= oldest.size
+                dropped.append(oldest.entry)
             full = self._buffered_rows >= self.flush_rows
+        if dropped:
+            self._dropped(dropped, "the buffer was full (the sink is down or too slow)")
         if full:
             self._wake.set()
+
+    def _dropped(self, entries: list[LoggedRequest], reason: str) -> None:
+        rows = sum(e.n_rows for e in entries)
+        record = {
+            "model_name": self.model_name,
+            "model_version": self.model_version,
+            "rows": rows,
+            "requests": len(entries),
+            "first": min(e.timestamp for e in entries).isoformat(),
+            "last": max(e.timestamp for e in entries).isoformat(),
+            "reason": reason,
+        }
+        with self._lock:
+            self.dropped_rows += rows
+            self._unlogged_drops += rows
+            self._unrecorded.append(record)
+            now = time.monotonic()
+            log_now = now - self._last_drop_log >= _DROP_LOG_SECONDS
+            if log_now:
+                self._last_drop_log, count, self._unlogged_drops = now, self._unlogged_drops, 0
+        self._on_rows_dropped(rows)
+        if log_now:
+            logger.error(
+                "prediction log: dropped %d rows (%s); "
+                "modelyard_prediction_log_rows_dropped_total counts them",
+                count,
+                reason,
+            )
 
     def start(self) -> None:
         self._thread = threading.Thread(
@@ -164,13 +248,28 @@ class PredictionLog:
                 break
             self.flush()
 
-    def close(self) -> None:
-        """Stop the background thread and write everything still buffered."""
+    def close(self, timeout: float = 15.0) -> None:
+        """Stop the background thread and write everything still buffered, retrying a
+        failing sink for up to ``timeout`` seconds; what is still unwritten then is
+        dropped, counted and logged (the process is about to exit)."""
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=60)
-        self.flush()
+        deadline = time.monotonic() + timeout
+        delay = 0.5
+        while True:
+            self.flush()
+            if not self._buffer or time.monotonic() + delay > deadline:
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        with self._lock:
+            left = [b.entry for b in self._buffer]
+            self._buffer, self._buffered_rows, self._held_bytes = [], 0, 0
+            self._last_drop_log = 0.0  # the last words: always logged
+        if left:
+            self._dropped(left, "the sink still failed when the server stopped")
 
     def flush(self) -> list[str]:
         """Write the buffered rows; returns the files written. Failures are counted."""
@@ -179,46 +278,70 @@ class PredictionLog:
                 pending, self._buffer = self._buffer, []
                 self._buffered_rows = 0
             if not pending:
+                self._record_drops()
                 return []
             # One file per day and column set (a model without a signature may see
             # requests with different columns).
-            groups: dict[tuple[str, tuple[str, ...], int], list[LoggedRequest]] = {}
-            for entry in pending:
+            groups: dict[tuple[str, tuple[str, ...], int], list[_Buffered]] = {}
+            for item in pending:
+                entry = item.entry
                 key = (f"{entry.timestamp:%Y-%m-%d}", tuple(entry.columns), entry.predictions.ndim)
-                groups.setdefault(key, []).append(entry)
+                groups.setdefault(key, []).append(item)
             written: list[str] = []
-            failed: list[LoggedRequest] = []
-            for entries in groups.values():
+            failed: list[_Buffered] = []
+            for items in groups.values():
+                entries = [item.entry for item in items]
                 directory = partition_dir(
                     self.base, self.model_name, self.model_version, entries[0].timestamp
                 )
                 try:
                     table = build_table(entries, self.model_name, self.model_version)
                     written.append(write_parquet_atomically(self.fs, directory, table))
-                except Exception:
-                    logger.exception(
-                        "prediction log: writing %d requests to %s failed; kept for retry",
+                except Exception as error:
+                    logger.warning(
+                        "prediction log: writing %d requests to %s failed (%s); kept for retry",
                         len(entries),
                         directory,
+                        error,
                     )
                     self._on_write_failure()
-                    failed.extend(entries)
+                    failed.extend(items)
+                else:
+                    with self._lock:
+                        self._held_bytes -= sum(item.size for item in items)
             if failed:
                 self._requeue(failed)
+            else:
+                self._record_drops()
             return written
 
-    def _requeue(self, failed: list[LoggedRequest]) -> None:
+    def _requeue(self, failed: list[_Buffered]) -> None:
+        # Still held: their bytes were never released, so the bound already counts them.
         with self._lock:
             self._buffer[:0] = failed
-            self._buffered_rows += sum(e.n_rows for e in failed)
-            dropped = 0
-            while self._buffered_rows > self.max_buffered_rows and self._buffer:
-                oldest = self._buffer.pop(0)
-                self._buffered_rows -= oldest.n_rows
-                dropped += oldest.n_rows
-        if dropped:
-            logger.error("prediction log: dropped %d rows the sink could not take", dropped)
-            self._on_rows_dropped(dropped)
+            self._buffered_rows += sum(item.entry.n_rows for item in failed)
+
+    def _record_drops(self) -> None:
+        """Write what was dropped into the log itself, now that the sink takes writes."""
+        with self._lock:
+            records, self._unrecorded = self._unrecorded, []
+        if not records:
+            return
+        text = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        path = f"{dropped_dir(self.base)}/{uuid.uuid4().hex}.jsonl"
+        try:
+            self.fs.makedirs(dropped_dir(self.base), exist_ok=True)
+            with self.fs.open(path, "w") as stream:
+                stream.write(text)
+        except Exception as error:
+            logger.warning("prediction log: could not record the dropped rows (%s)", error)
+            with self._lock:
+                self._unrecorded[:0] = records
+
+
+def dropped_dir(base: str) -> str:
+    """Where a prediction log records what it had to drop (``docs/contracts.md``)."""
+    return f"{base.rstrip('/')}/{c.PREDICTION_LOG_DROPPED_DIR}"
 
 
 def utc_now() -> datetime:

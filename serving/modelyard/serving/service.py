@@ -160,6 +160,7 @@ class ServingRuntime:
             self.model.schema.names,
             max_batch_requests=settings.max_batch_requests,
             max_latency_ms=settings.max_latency_ms,
+            predict_timeout=settings.predict_timeout,
             on_batch=self.metrics.observe_batch,
         )
         self.prediction_log: PredictionLog | None = None
@@ -170,13 +171,16 @@ class ServingRuntime:
                 identity.version,
                 flush_interval=settings.log_flush_interval,
                 flush_rows=settings.log_flush_rows,
-                max_buffered_rows=settings.log_max_buffered_rows,
+                max_buffered_bytes=settings.log_max_buffered_bytes,
                 on_write_failure=self.metrics.count_log_write_failure,
                 on_rows_dropped=self.metrics.count_log_rows_dropped,
             )
             self.prediction_log.start()
         self.model_headers = {"X-Model-Name": identity.name, "X-Model-Version": identity.version}
         self.ready = False
+        # Admission: requests being answered and the bytes of their bodies.
+        self._in_flight = 0
+        self._in_flight_bytes = 0
         # Unique per worker process and cheaper than a uuid4 per request.
         self._request_id_prefix = secrets.token_hex(8)
         self._request_ids = itertools.count()
@@ -198,9 +202,33 @@ class ServingRuntime:
             logger.info("warm-up with synthetic rows skipped: %s", exc)
         self.ready = True
 
+    @property
+    def alive(self) -> bool:
+        """False once a model call hung: ``/livez`` fails and Kubernetes restarts the pod."""
+        return self.batcher.hung is None
+
     def close(self) -> None:
         if self.prediction_log is not None:
             self.prediction_log.close()
+
+    def admit(self, request: Request) -> int | None:
+        """Reserve room for a request: the bytes it holds, or None when the server is
+        full (too many requests, or too many body bytes, at once)."""
+        declared = request.headers.get("content-length", "")
+        size = int(declared) if declared.isdigit() else self.settings.max_body_bytes
+        size = min(size, self.settings.max_body_bytes)
+        if self._in_flight and (
+            self._in_flight >= self.settings.max_concurrent_requests
+            or self._in_flight_bytes + size > self.settings.max_inflight_bytes
+        ):
+            return None
+        self._in_flight += 1
+        self._in_flight_bytes += size
+        return size
+
+    def release(self, size: int) -> None:
+        self._in_flight -= 1
+        self._in_flight_bytes -= size
 
     async def score(
         self,
@@ -212,6 +240,19 @@ class ServingRuntime:
     ) -> Response:
         started = time.perf_counter()
         request_id = request.headers.get("x-request-id", "")[:128] or self._next_request_id()
+        size = self.admit(request)
+        if size is None:
+            response = error_response(
+                503,
+                f"the server is busy: {self._in_flight} requests "
+                f"({self._in_flight_bytes} body bytes) are being answered "
+                "(MODELYARD_MAX_CONCURRENT_REQUESTS, MODELYARD_MAX_INFLIGHT_BYTES)",
+                request_id,
+            )
+            response.headers["Retry-After"] = "1"
+            response.headers.update(self.model_headers)
+            self.metrics.observe_request(endpoint, 503, time.perf_counter() - started)
+            return response
         try:
             response = await self._score(request, endpoint, parse, render, request_id)
         except PayloadError as exc:
@@ -226,6 +267,8 @@ class ServingRuntime:
         except Exception:
             logger.exception("prediction failed (request %s)", request_id)
             response = error_response(500, "internal error while predicting", request_id)
+        finally:
+            self.release(size)
         response.headers.update(self.model_headers)
         self.metrics.observe_request(endpoint, response.status_code, time.perf_counter() - started)
         return response
@@ -371,8 +414,11 @@ class ModelServer:
     async def warm_up(self) -> None:
         await self.runtime.warm_up()
 
-    def __is_ready__(self) -> bool:
-        return self.runtime.ready
+    async def __is_ready__(self) -> bool:
+        return self.runtime.ready and self.runtime.alive
+
+    async def __is_alive__(self) -> bool:
+        return self.runtime.alive
 
     # The input types below describe a model without a signature; describe_apis() gives
     # them the loaded model's columns. Each method gets the request itself (see bento_api).

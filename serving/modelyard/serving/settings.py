@@ -26,8 +26,9 @@ class ServerSettings(BaseModel, frozen=True):
     # Seconds between prediction-log flushes; rows are also flushed when the buffer fills.
     log_flush_interval: float = Field(default=10.0, gt=0)
     log_flush_rows: int = Field(default=50_000, gt=0)
-    # Rows kept in memory while the sink fails; beyond this the oldest are dropped (counted).
-    log_max_buffered_rows: int = Field(default=1_000_000, gt=0)
+    # Bytes of rows kept in memory (waiting and being written) while the sink is slow or
+    # down; beyond, the oldest are dropped, counted, logged and recorded in the log.
+    log_max_buffered_bytes: int = Field(default=128 * 1024 * 1024, gt=0)
     max_body_bytes: int = Field(default=10 * 1024 * 1024, gt=0)
     # Adaptive batching: at most this many requests in one model call, and requests that
     # would wait longer than max_latency_ms are refused with 503 instead of queueing forever.
@@ -35,6 +36,12 @@ class ServerSettings(BaseModel, frozen=True):
     max_latency_ms: int = Field(default=1000, gt=0)
     # Load models whose format runs code (pickle, cloudpickle): docs/security.md.
     allow_pickle: bool = False
+    # Requests being answered at once, and the bytes of their bodies; beyond: 503 with
+    # Retry-After (one request is always taken, whatever its size).
+    max_concurrent_requests: int = Field(default=256, gt=0)
+    max_inflight_bytes: int = Field(default=32 * 1024 * 1024, gt=0)
+    # Seconds a model call may take; past it the server fails liveness and is restarted.
+    predict_timeout: float = Field(default=60.0, gt=0)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> ServerSettings:
@@ -51,11 +58,14 @@ class ServerSettings(BaseModel, frozen=True):
             "prediction_log": ServerEnv.PREDICTION_LOG,
             "log_flush_interval": ServerEnv.LOG_FLUSH_INTERVAL,
             "log_flush_rows": ServerEnv.LOG_FLUSH_ROWS,
-            "log_max_buffered_rows": ServerEnv.LOG_MAX_BUFFERED_ROWS,
+            "log_max_buffered_bytes": ServerEnv.LOG_MAX_BUFFERED_BYTES,
             "max_body_bytes": ServerEnv.MAX_BODY_BYTES,
             "max_batch_requests": ServerEnv.MAX_BATCH_REQUESTS,
             "max_latency_ms": ServerEnv.MAX_LATENCY_MS,
             "allow_pickle": ServerEnv.ALLOW_PICKLE,
+            "max_concurrent_requests": ServerEnv.MAX_CONCURRENT_REQUESTS,
+            "max_inflight_bytes": ServerEnv.MAX_INFLIGHT_BYTES,
+            "predict_timeout": ServerEnv.PREDICT_TIMEOUT,
         }
         values = {field: env[var] for field, var in fields.items() if env.get(var)}
         try:

@@ -83,10 +83,13 @@ class ServerEnv:
     PREDICTION_LOG: Final = "MODELYARD_PREDICTION_LOG"
     LOG_FLUSH_INTERVAL: Final = "MODELYARD_LOG_FLUSH_INTERVAL"
     LOG_FLUSH_ROWS: Final = "MODELYARD_LOG_FLUSH_ROWS"
-    LOG_MAX_BUFFERED_ROWS: Final = "MODELYARD_LOG_MAX_BUFFERED_ROWS"
+    LOG_MAX_BUFFERED_BYTES: Final = "MODELYARD_LOG_MAX_BUFFERED_BYTES"
     MAX_BODY_BYTES: Final = "MODELYARD_MAX_BODY_BYTES"
     MAX_BATCH_REQUESTS: Final = "MODELYARD_MAX_BATCH_REQUESTS"
     MAX_LATENCY_MS: Final = "MODELYARD_MAX_LATENCY_MS"
+    MAX_CONCURRENT_REQUESTS: Final = "MODELYARD_MAX_CONCURRENT_REQUESTS"
+    MAX_INFLIGHT_BYTES: Final = "MODELYARD_MAX_INFLIGHT_BYTES"
+    PREDICT_TIMEOUT: Final = "MODELYARD_PREDICT_TIMEOUT"
     WORKERS: Final = "MODELYARD_WORKERS"
     ACCESS_LOG: Final = "MODELYARD_ACCESS_LOG"
     TRACE_REQUESTS: Final = "MODELYARD_TRACE_REQUESTS"
@@ -318,6 +321,8 @@ LOG_TIMESTAMP_COLUMN: Final = "_timestamp"
 LOG_REQUEST_ID_COLUMN: Final = "_request_id"
 #: The model's outputs: ``prediction``, or ``prediction_0``, ``prediction_1``, ...
 PREDICTION_COLUMN_PATTERN: Final = re.compile(r"^prediction(_\d+)?$")
+#: Under a prediction log's base: JSON lines recording rows a server had to drop.
+PREDICTION_LOG_DROPPED_DIR: Final = "_dropped"
 
 
 def prediction_log_partition(base: str, model_name: str, version: str, day: dt.date) -> str:

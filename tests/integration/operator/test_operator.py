@@ -201,6 +201,67 @@ def test_fixed_version_and_autoscaling_children(
     )
 
 
+def test_switching_to_autoscaling_never_drops_below_the_replicas_it_had(
+    k8s: Cluster, operator: Any, register_model: Callable[..., Any], mlflow_server: Any
+) -> None:
+    """An apply that stops setting spec.replicas used to reset it to 1 before the HPA
+    existed: the server fell from 4 pods to 1 for a while."""
+    import threading
+
+    from kubernetes import watch
+
+    model = register_model(n=1, alias=None)
+    spec = {
+        "model": {"name": model.name, "version": 1},
+        "registry": {"trackingUri": mlflow_server.url},
+        "server": {"replicas": 4},
+    }
+    k8s.create("switch", spec)
+    wait_for("four replicas", lambda: k8s.deployment("switch").spec.replicas == 4)
+    since = k8s.deployment("switch").metadata.resource_version
+
+    counts: list[int] = []
+    w = watch.Watch()
+
+    def follow() -> None:
+        for event in w.stream(
+            k8s.apps.list_namespaced_deployment,
+            k8s.ns,
+            field_selector="metadata.name=switch",
+            resource_version=since,
+            timeout_seconds=120,
+        ):
+            counts.append(int(event["object"].spec.replicas))
+
+    thread = threading.Thread(target=follow, daemon=True)
+    thread.start()
+    autoscaling = {"minReplicas": 4, "maxReplicas": 6}
+    k8s.patch_spec("switch", {"server": {"replicas": None, "autoscaling": autoscaling}})
+    wait_for(
+        "the HPA",
+        lambda: k8s.autoscaling.read_namespaced_horizontal_pod_autoscaler("switch", k8s.ns),
+    )
+    # The apply that dropped spec.replicas has happened (the template hash changed).
+    wait_for(
+        "the Deployment applied without replicas",
+        lambda: "replicas" not in str(managed_by_operator(k8s.deployment("switch"))),
+    )
+    time.sleep(3)  # what followed the apply reaches the watch
+    w.stop()
+    thread.join(10)
+    assert counts, "the watch saw no change to the Deployment"
+    assert min(counts) >= 4, f"the replica count fell: {counts}"
+    assert k8s.deployment("switch").spec.replicas == 4
+
+
+def managed_by_operator(deployment: client.V1Deployment) -> Any:
+    return [
+        f.fields_v1
+        for f in deployment.metadata.managed_fields or []
+        if f.manager == "modelyard-operator"
+    ]
+
+
 @pytest.mark.parametrize(
     ("model_ref", "reason", "message"),
     [
@@ -430,3 +491,39 @@ def test_deletion_removes_children_and_the_registry_tag(
         lambda: not k8s.core.list_namespaced_service(k8s.ns).items,
         timeout=60,
     )
+
+
+def test_deletion_goes_on_when_the_registry_is_down(
+    k8s: Cluster, kubelet: Any, operator: Any, private_mlflow: Any
+) -> None:
+    """An error in the delete path (here the registry refusing connections) is retried a
+    few times, then the finalizer goes with a Warning Event: the deletion, and with it a
+    namespace's, never hangs."""
+    model = private_mlflow.register()
+    k8s.create(
+        "orphan",
+        {
+            "model": {"name": model, "alias": "champion"},
+            "registry": {"trackingUri": private_mlflow.url},
+        },
+    )
+    wait_for("status.model", lambda: k8s.md("orphan").get("status", {}).get("model"))
+    assert "modelyard.io/finalizer" in k8s.md("orphan")["metadata"]["finalizers"]
+    private_mlflow.stop()
+
+    started = time.monotonic()
+    k8s.custom.delete_namespaced_custom_object(GROUP, VERSION, k8s.ns, PLURAL, "orphan")
+
+    def names() -> list[str]:
+        listed = k8s.custom.list_namespaced_custom_object(GROUP, VERSION, k8s.ns, PLURAL)
+        return [md["metadata"]["name"] for md in listed["items"]]
+
+    wait_for(
+        "the ModelDeployment to go although its registry is down",
+        lambda: "orphan" not in names(),
+        timeout=120,
+    )
+    assert time.monotonic() - started < 120
+    warnings = [e for e in k8s.events("orphan") if e.startswith("RegistryTagLeft:")]
+    assert warnings, k8s.events("orphan")
+    assert "gave up removing the registry tag after 3 attempts" in warnings[0]

@@ -59,7 +59,11 @@ def registered_forest(mlflow_server: Any) -> RegisteredModel:
 
 
 def start_modelyard(
-    model: RegisteredModel, log: Path, prediction_log: Path, **extra_env: str
+    model: RegisteredModel,
+    log: Path,
+    prediction_log: Path,
+    ready_path: str = "/readyz",
+    **extra_env: str,
 ) -> ServerProcess:
     port = free_port()
     modelyard = shutil.which("modelyard", path=str(VENV_BIN)) or "modelyard"
@@ -77,7 +81,7 @@ def start_modelyard(
             str(prediction_log),
         ],  # fmt: skip
         port,
-        "/readyz",
+        ready_path,
         log,
         {"MLFLOW_TRACKING_URI": model.tracking_uri, **extra_env},
     )
@@ -149,9 +153,9 @@ def start_modelyard_server(
     """Start a server of the test's own (e.g. to stop it); stopped after the test."""
     started: list[ServerProcess] = []
 
-    def start(**env: str) -> ServerUnderTest:
+    def start(ready_path: str = "/readyz", **env: str) -> ServerUnderTest:
         server = start_modelyard(
-            registered_forest, tmp_path / "server.log", tmp_path / "predictions", **env
+            registered_forest, tmp_path / "server.log", tmp_path / "predictions", ready_path, **env
         )
         started.append(server)
         return ServerUnderTest(server, tmp_path / "predictions")

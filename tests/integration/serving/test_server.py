@@ -299,6 +299,109 @@ def test_sigterm_under_load_loses_no_answered_prediction(
     assert len(log) == 2 * len(answered)  # two rows per request, nothing twice
 
 
+def test_with_the_sink_down_the_log_stays_in_its_byte_bound_and_counts_every_drop(
+    start_modelyard_server: Callable[..., ServerUnderTest],
+    registered_forest: RegisteredModel,
+    tmp_path: Path,
+) -> None:
+    """The bound used to be checked only after a failed flush, in rows: with the sink
+    down a server grew until it was OOM-killed. Now it holds bytes, and what it drops is
+    counted (metric, log line, a record in the log): logged + dropped == answered."""
+    blocked = tmp_path / "predictions"
+    blocked.write_text("a file where the log's directory should be")
+    under_test = start_modelyard_server(
+        MODELYARD_LOG_FLUSH_INTERVAL="0.2", MODELYARD_LOG_MAX_BUFFERED_BYTES=str(32 * 1024)
+    )
+    records = registered_forest.rows.head(2).to_dict(orient="records")
+    answered = 0
+    with httpx.Client(timeout=30) as http:
+        for _ in range(400):
+            response = http.post(f"{under_test.url}/predict", json=records)
+            assert response.status_code == 200, response.text
+            answered += 2
+        metrics = http.get(f"{under_test.url}/metrics").text
+    dropped = metric_total(metrics, "modelyard_prediction_log_rows_dropped_total")
+    assert 0 < dropped < answered, metrics
+    assert metric_total(metrics, "modelyard_prediction_log_write_failures_total") > 0
+    assert "prediction log: dropped" in under_test.server.log.read_text(errors="replace")
+
+    blocked.unlink()  # the sink is back: the rows held are written, the drops recorded
+    under_test.server.proc.send_signal(signal.SIGTERM)
+    assert under_test.server.proc.wait(60) == 0, log_text(under_test)
+    logged = len(read_prediction_log(blocked))
+    recorded = [
+        json.loads(line)["rows"]
+        for path in sorted((blocked / "_dropped").glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+    assert sum(recorded) == dropped
+    assert logged > 0
+    assert logged + dropped == answered
+
+
+def metric_total(text: str, name: str) -> float:
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(name + "{") or line.startswith(name + " ")
+    )
+
+
+def test_beyond_its_limits_the_server_answers_503_with_retry_after(
+    start_modelyard_server: Callable[..., ServerUnderTest], registered_forest: RegisteredModel
+) -> None:
+    """Bodies in flight are bounded in bytes: ten 10 MiB bodies at once used to be
+    parsed together (enough to OOM a 1 Gi pod). One request is always taken."""
+    under_test = start_modelyard_server(
+        MODELYARD_MAX_BODY_BYTES=str(4 * 1024 * 1024),
+        MODELYARD_MAX_INFLIGHT_BYTES=str(3 * 1024 * 1024),
+    )
+    rows = pd.concat([registered_forest.rows] * 600, ignore_index=True)  # ~2 MiB of JSON
+    body = json.dumps({"dataframe_split": rows.to_dict(orient="split")}).encode()
+    assert 1.5 * 1024 * 1024 < len(body) < 3 * 1024 * 1024
+
+    async def at_once(n: int) -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=120) as http:
+            return await asyncio.gather(
+                *(
+                    http.post(
+                        f"{under_test.url}/invocations",
+                        content=body,
+                        headers={"Content-Type": "application/json"},
+                    )
+                    for _ in range(n)
+                )
+            )
+
+    alone = asyncio.run(at_once(1))[0]
+    assert alone.status_code == 200, alone.text
+    answers = asyncio.run(at_once(8))
+    statuses = sorted(a.status_code for a in answers)
+    assert set(statuses) == {200, 503}, statuses
+    busy = next(a for a in answers if a.status_code == 503)
+    assert busy.headers["Retry-After"] == "1"
+    assert busy.json()["error_code"] == "TEMPORARILY_UNAVAILABLE"
+    assert "MODELYARD_MAX_INFLIGHT_BYTES" in busy.json()["message"]
+    # The server is not worse for it.
+    after = httpx.post(f"{under_test.url}/invocations", content=body, timeout=120)
+    assert after.status_code == 200
+
+
+def test_a_model_call_past_its_deadline_fails_liveness_and_its_requests(
+    start_modelyard_server: Callable[..., ServerUnderTest], registered_forest: RegisteredModel
+) -> None:
+    """A hung model call used to stall the batcher while /livez and /readyz said 200."""
+    # Every call is past a deadline of a microsecond: the warm-up's first call hangs.
+    under_test = start_modelyard_server(ready_path="/ping", MODELYARD_PREDICT_TIMEOUT="0.000001")
+    assert httpx.get(f"{under_test.url}/livez", timeout=10).status_code == 503
+    assert httpx.get(f"{under_test.url}/readyz", timeout=10).status_code == 503
+    records = registered_forest.rows.head(1).to_dict(orient="records")
+    answer = httpx.post(f"{under_test.url}/predict", json=records, timeout=10)
+    assert answer.status_code == 503
+    assert "MODELYARD_PREDICT_TIMEOUT" in answer.json()["message"]
+    assert "MODELYARD_PREDICT_TIMEOUT" in log_text(under_test)
+
+
 def log_text(under_test: ServerUnderTest) -> str:
     return under_test.server.log.read_text(errors="replace")[-4000:]
 

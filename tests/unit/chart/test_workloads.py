@@ -226,6 +226,25 @@ def test_own_pipelines() -> None:
         if "pipeline" in cm["metadata"]["name"]
     ] == ["my-modelyard-fraud-pipeline"]
     assert find(objects, "PersistentVolumeClaim", "my-modelyard-lake") == []
+    # A file only in the image: the chart cannot read its timeout, yet the run has one.
+    assert in_image["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"] == 21600
+
+
+@pytest.mark.parametrize(
+    "values", [None, "custom-pipelines-values.yaml", "external-mlflow-values.yaml"]
+)
+def test_every_pipeline_run_has_deadlines(values: str | None) -> None:
+    """With concurrencyPolicy Forbid one hung run blocks every later one, unless each run
+    has a deadline (and a missed start gives up instead of piling up)."""
+    objects = render(*(["--values", str(CHART / "ci" / values)] if values else []))
+    cronjobs = find(objects, "CronJob")
+    assert cronjobs
+    for cronjob in cronjobs:
+        spec = cronjob["spec"]
+        assert spec["concurrencyPolicy"] == "Forbid"
+        assert spec["startingDeadlineSeconds"] == 600
+        deadline = spec["jobTemplate"]["spec"]["activeDeadlineSeconds"]
+        assert isinstance(deadline, int) and 120 < deadline <= 86400, cronjob["metadata"]
 
 
 def test_external_mlflow() -> None:

@@ -192,3 +192,60 @@ def test_credentials_stay_on_the_source_host() -> None:
         "https://api.example:8443/p",
     ):
         assert headers_for(httpx.URL(elsewhere), first, headers) == {"Accept": "json"}
+
+
+def _integer_frame(ids: list[object]) -> pd.DataFrame:
+    n = len(ids)
+    return pd.DataFrame(
+        {
+            "id": ids,
+            "day": ["2026-01-01"] * n,
+            "value": ["1"] * n,
+            "active": ["t"] * n,
+            "label": ["a"] * n,
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("ids", "kept", "bad"),
+    [
+        # Text, as CSV delivers it: exact integers up to int64, nothing beyond.
+        (
+            ["1", "inf", "-inf", "1e30", "9007199254740993", "9223372036854775808", "nan", "7"],
+            [1, 9007199254740993, 7],
+            ["'inf'", "'-inf'", "'1e30'", "'9223372036854775808'", "'nan'"],
+        ),
+        # Floats, as Parquet or JSON deliver them: beyond 2**53 a float is not exact.
+        (
+            [1.0, float("inf"), 1e30, 2.0**53 + 2, 2.0**53, -3.0],
+            [1, 2**53, -3],
+            ["inf", "1e+30", "9007199254740994.0"],
+        ),
+        # Python integers of any size in an object column.
+        (
+            [2**63, 5, -(2**63) - 1, 2**63 - 1],
+            [5, 2**63 - 1],
+            ["9223372036854775808", "-9223372036854775809"],
+        ),
+    ],
+)
+def test_integers_out_of_range_are_quarantined_not_raised(
+    ids: list[object], kept: list[int], bad: list[str]
+) -> None:
+    checked = check_schema(_integer_frame(ids), SCHEMA)
+    assert checked.valid["id"].tolist() == kept
+    assert checked.valid["id"].dtype == "Int64"
+    assert checked.quarantined["_quarantine_reason"].tolist() == [
+        f"id: {value} is not integer" for value in bad
+    ]
+
+
+def test_an_unsigned_column_beyond_int64_is_quarantined() -> None:
+    frame = _integer_frame([1, 2**64 - 1])
+    frame["id"] = frame["id"].astype("uint64")
+    checked = check_schema(frame, SCHEMA)
+    assert checked.valid["id"].tolist() == [1]
+    assert checked.quarantined["_quarantine_reason"].tolist() == [
+        "id: 18446744073709551615 is not integer"
+    ]

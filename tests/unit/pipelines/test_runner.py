@@ -53,6 +53,33 @@ def test_hung_step_is_stopped_at_its_timeout(tmp_path: Path) -> None:
     assert _markers(tmp_path) == {"stuck.started.1", "stuck.pid"}
 
 
+def test_a_result_larger_than_the_pipe_buffer_comes_back(tmp_path: Path) -> None:
+    """A child blocks sending a result larger than the pipe's buffer (64 KiB) until the
+    parent reads it: waiting for the child's exit first deadlocked until the timeout."""
+    result = _run(
+        tmp_path,
+        f"""
+  - name: big
+    function: {STEPS}:large_result
+    timeout_seconds: 120
+    parameters: {{marker_dir: "${{markers}}", items: 20000}}
+  - name: big-fanned
+    function: {STEPS}:large_result
+    timeout_seconds: 120
+    fan_out: {{completions: 3, parallelism: 3}}
+    parameters: {{marker_dir: "${{markers}}", items: 3000}}
+  - name: after
+    function: {STEPS}:record
+    depends_on: [big, big-fanned]
+    parameters: {{marker_dir: "${{markers}}"}}
+""",
+    )
+    assert result.succeeded, {n: s.error for n, s in result.steps.items()}
+    assert len(result.steps["big"].result["partitions"]) == 20000
+    assert len(result.steps["big-fanned"].result["partitions"]) == 9000
+    assert result.steps["big"].attempts == 1
+
+
 def test_timed_out_step_is_retried_then_fails(tmp_path: Path) -> None:
     result = _run(
         tmp_path,

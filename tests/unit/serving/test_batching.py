@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from modelyard.serving.batching import BatchShed, PredictionBatcher
+from modelyard.serving.batching import BatchShed, ModelHung, PredictionBatcher
 from modelyard.serving.payload import Array, ModelInput
 
 
@@ -105,18 +105,73 @@ def test_one_bad_request_does_not_fail_its_neighbours() -> None:
         raise bad
 
 
-def test_requests_over_the_latency_budget_are_shed() -> None:
+def test_requests_queued_behind_one_slow_call_are_answered_not_shed() -> None:
+    """One model call longer than the latency budget is not overload: everything queued
+    behind it fits in the next call (this used to refuse them all with 503)."""
     model = SlowDouble(seconds=0.1)
     batcher = PredictionBatcher(model, ["x"], max_latency_ms=30)
+
+    async def behind_a_slow_call() -> list[Array | BaseException]:
+        first = asyncio.ensure_future(batcher.predict(rows(1.0)))
+        await asyncio.sleep(0.01)
+        queued = [batcher.predict(rows(float(i))) for i in range(2, 6)]  # wait ~90 ms
+        return await asyncio.gather(first, *queued, return_exceptions=True)
+
+    results = asyncio.run(behind_a_slow_call())
+    assert [r.tolist() for r in results if isinstance(r, np.ndarray)] == [
+        [2.0], [4.0], [6.0], [8.0], [10.0]
+    ]  # fmt: skip
+    assert model.batch_rows == [1, 4]
+
+
+def test_requests_a_full_call_passed_over_are_shed_past_the_latency_budget() -> None:
+    model = SlowDouble(seconds=0.1)
+    batcher = PredictionBatcher(model, ["x"], max_latency_ms=30, max_batch_requests=2)
 
     async def overload() -> list[Array | BaseException]:
         first = asyncio.ensure_future(batcher.predict(rows(1.0)))
         await asyncio.sleep(0.01)
-        late = batcher.predict(rows(2.0))  # waits ~90 ms for the first call
-        return await asyncio.gather(first, late, return_exceptions=True)
+        queued = [batcher.predict(rows(float(i))) for i in range(2, 6)]
+        return await asyncio.gather(first, *queued, return_exceptions=True)
 
-    first, late = asyncio.run(overload())
-    assert isinstance(first, np.ndarray)
-    assert isinstance(late, BatchShed)
-    assert "waited longer than 30 ms" in str(late)
-    assert model.batch_rows == [1]
+    first, second, third, fourth, fifth = asyncio.run(overload())
+    # The second call takes two; the other two waited through it as well: overload.
+    assert [first.tolist(), second.tolist(), third.tolist()] == [[2.0], [4.0], [6.0]]
+    for late in (fourth, fifth):
+        assert isinstance(late, BatchShed)
+        assert "waited longer than 30 ms" in str(late)
+    assert model.batch_rows == [1, 2]
+
+
+def test_a_hung_model_call_fails_its_requests_and_the_worker_says_so() -> None:
+    release = threading.Event()
+    hung: list[ModelHung] = []
+
+    def model(columns: dict[str, Array]) -> Array:
+        if columns["x"][0] < 0:
+            release.wait(10)  # a call that never comes back in time
+        return columns["x"] * 2
+
+    batcher = PredictionBatcher(model, ["x"], predict_timeout=0.2, on_hung=hung.append)
+
+    async def scenario() -> list[Array | BaseException]:
+        good = await batcher.predict(rows(1.0))
+        stuck = asyncio.ensure_future(batcher.predict(rows(-1.0)))
+        await asyncio.sleep(0.05)
+        behind = asyncio.ensure_future(batcher.predict(rows(2.0)))
+        results = await asyncio.gather(stuck, behind, return_exceptions=True)
+        started = time.perf_counter()
+        after = await asyncio.gather(batcher.predict(rows(3.0)), return_exceptions=True)
+        assert time.perf_counter() - started < 0.1  # refused at once, not queued
+        return [good, *results, *after]
+
+    try:
+        good, stuck, behind, after = asyncio.run(scenario())
+    finally:
+        release.set()
+    assert isinstance(good, np.ndarray) and good.tolist() == [2.0]
+    for failed in (stuck, behind, after):
+        assert isinstance(failed, ModelHung), failed
+        assert isinstance(failed, BatchShed)  # a 503, like overload
+    assert "longer than 0.2 s" in str(stuck)
+    assert batcher.hung is not None and hung == [batcher.hung]

@@ -13,6 +13,7 @@ import pytest
 from modelyard.serving.prediction_log import (
     LoggedRequest,
     PredictionLog,
+    dropped_dir,
     partition_dir,
     prediction_columns,
 )
@@ -36,6 +37,7 @@ def test_partition_path_follows_the_contract() -> None:
         partition_dir("s3://bucket/log/", "fraud", "7", DAY_1)
         == "s3://bucket/log/fraud/version=7/date=2026-11-27"
     )
+    assert dropped_dir("s3://bucket/log/") == "s3://bucket/log/_dropped"
 
 
 def test_multi_output_predictions_get_numbered_columns() -> None:
@@ -103,11 +105,12 @@ def test_a_failing_sink_is_counted_keeps_rows_and_recovers(tmp_path: Path) -> No
     blocked.write_text("a file where the log's directory should be")
     failures: list[int] = []
     dropped: list[int] = []
+    one = entry("r1", DAY_1, [1.0, 2.0], [0, 1]).size
     log = PredictionLog(
         str(blocked),
         "m",
         "1",
-        max_buffered_rows=3,
+        max_buffered_bytes=int(one * 1.5),
         on_write_failure=lambda: failures.append(1),
         on_rows_dropped=dropped.append,
     )
@@ -115,19 +118,76 @@ def test_a_failing_sink_is_counted_keeps_rows_and_recovers(tmp_path: Path) -> No
     assert log.flush() == []
     assert failures == [1]
     assert log.buffered_rows == 2  # kept for the next attempt
+    assert log.held_bytes == one
 
     log.record(entry("r2", DAY_1, [3.0, 4.0], [1, 1]))
-    log.flush()
-    # Over the bound of 3 rows: the oldest request is dropped, and that is counted.
-    assert failures == [1, 1]
+    # Over the bound at once, not after the next failed flush: the oldest request goes.
     assert dropped == [2]
     assert log.buffered_rows == 2
+    assert log.held_bytes == one
+    log.flush()
+    assert failures == [1, 1]
 
     blocked.unlink()
     written = log.flush()
     assert len(written) == 1
-    table = ds.dataset(str(blocked), format="parquet", partitioning="hive").to_table()
+    table = ds.dataset(str(blocked / "m"), format="parquet", partitioning="hive").to_table()
     assert table.column("_request_id").to_pylist() == ["r2", "r2"]
+    # The drop is in the log itself too, once the sink takes writes again.
+    assert dropped_records(blocked) == [2]
+    assert log.held_bytes == 0
+
+
+def dropped_records(base: Path) -> list[int]:
+    import json
+
+    return [
+        json.loads(line)["rows"]
+        for path in sorted((base / "_dropped").glob("*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+
+
+def test_the_byte_bound_holds_while_the_sink_is_down(tmp_path: Path) -> None:
+    """The bound used to be checked only after a failed flush, and in rows: with the sink
+    down a server grew until it was OOM-killed and lost every buffered row."""
+    blocked = tmp_path / "sink"
+    blocked.write_text("not a directory")
+    bound = 64 * 1024
+    dropped: list[int] = []
+    log = PredictionLog(
+        str(blocked), "m", "1", max_buffered_bytes=bound, on_rows_dropped=dropped.append
+    )
+    answered = 0
+    for i in range(2000):
+        log.record(entry(f"r{i}", DAY_1, [float(i)] * 10, [1] * 10))
+        answered += 10
+        if i % 100 == 0:
+            log.flush()  # fails: the rows stay, within the bound
+        assert log.held_bytes <= bound
+    assert sum(dropped) == log.dropped_rows > 0
+    assert log.buffered_rows + log.dropped_rows == answered
+
+    blocked.unlink()
+    log.close()
+    table = ds.dataset(str(blocked / "m"), format="parquet", partitioning="hive").to_table()
+    # Nothing silently lost: written + recorded as dropped == answered.
+    assert table.num_rows + sum(dropped_records(blocked)) == answered
+    ids = table.column("_request_id").to_pylist()
+    assert ids[-1] == "r1999"  # the newest rows are kept, the oldest dropped
+
+
+def test_rows_the_sink_never_took_are_dropped_and_said_at_close(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocked = tmp_path / "sink"
+    blocked.write_text("not a directory")
+    dropped: list[int] = []
+    log = PredictionLog(str(blocked), "m", "1", on_rows_dropped=dropped.append)
+    log.record(entry("r1", DAY_1, [1.0, 2.0], [0, 1]))
+    log.close(timeout=0.2)
+    assert dropped == [2]
+    assert "dropped 2 rows (the sink still failed when the server stopped)" in caplog.text
 
 
 def test_unknown_protocol_fails_at_start_not_per_request() -> None:

@@ -53,3 +53,11 @@ def flaky(ctx: StepContext, marker_dir: str, failures: int = 1) -> dict[str, Any
     if ctx.attempt <= failures:
         raise RuntimeError(f"attempt {ctx.attempt} fails on purpose")
     return {"succeeded_on_attempt": ctx.attempt}
+
+
+def large_result(ctx: StepContext, marker_dir: str, items: int = 5000) -> dict[str, Any]:
+    """Return a result far larger than a pipe's buffer (e.g. thousands of partition URLs)."""
+    _mark(marker_dir, ctx, "started")
+    return {
+        "partitions": [f"s3://lake/events/date=2026-01-01/part-{i}.parquet" for i in range(items)]
+    }
