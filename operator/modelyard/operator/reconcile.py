@@ -27,6 +27,7 @@ from modelyard.core.contracts import deployed_tag_key, parse_window
 from modelyard.core.registry import RegistryError
 from modelyard.operator import conditions as cond
 from modelyard.operator.approvals import Answer, Decision
+from modelyard.operator.canary import candidate_name
 from modelyard.operator.children import SERVER_APP, deployment_health
 from modelyard.operator.conditions import parse_time
 from modelyard.operator.credentials import RegistryAccounts
@@ -270,12 +271,22 @@ def observe_world(op: Operator, body: Mapping[str, Any]) -> Observed:
             "Pod", namespace=namespace, labels={c.LABEL_INSTANCE: name, c.LABEL_NAME: SERVER_APP}
         )
     )
+    candidate = candidate_name(name)
+    canary_pods = tuple(
+        op.store.items(
+            "Pod",
+            namespace=namespace,
+            labels={c.LABEL_INSTANCE: candidate, c.LABEL_NAME: SERVER_APP},
+        )
+    )
     return Observed(
         namespace_labels=dict((ns.get("metadata") or {}).get("labels") or {}),
         decisions=decisions,
         deployment=op.store.get("Deployment", namespace, name),
         pods=pods,
         accounts=op.accounts,
+        canary_deployment=op.store.get("Deployment", namespace, candidate),
+        canary_pods=canary_pods,
     )
 
 

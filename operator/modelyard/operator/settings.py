@@ -51,6 +51,9 @@ class OperatorSettings(BaseModel):
     # MODELYARD_SERVER_CLIENT_NAMESPACES: comma-separated namespaces whose pods may call
     # every model server (the installation's own namespace, Prometheus's, ...).
     server_client_namespaces: str = ""
+    # MODELYARD_CANARY_SCALE_DOWN_DELAY: seconds an aborted canary keeps its pods at weight
+    # 0 (finishing the requests it has) before they are removed.
+    canary_scale_down_delay: float = Field(default=30.0, ge=0)
     # MODELYARD_METRICS_PORT: port of the operator's Prometheus /metrics (0: not served).
     metrics_port: int = Field(default=8081, ge=0, le=65535)
 
