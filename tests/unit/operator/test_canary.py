@@ -207,3 +207,23 @@ def test_spec_rules_match_the_crd() -> None:
         ModelDeploymentSpec.parse(
             {"model": {"name": "m", "version": 1}, "rollout": {"shadow": {"percent": 5}}}
         )
+
+
+def test_rollout_status_says_phase_step_weight_and_why_it_holds() -> None:
+    from modelyard.operator.rollout_cli import describe
+
+    state = k.advance(
+        spec(STEPS), paused_at_step0(), seen(40, measurement=measure(40)), "md"
+    ).rollout
+    md = {
+        "metadata": {"name": "md", "namespace": "ml"},
+        "spec": {"rollout": {"canary": {"steps": STEPS}}},
+        "status": {"model": {"version": 6}, "rollout": {**state, "since": "2026-01-01T12:00:00Z"}},
+    }
+    text = "\n".join(describe(md))
+    assert "ml/md: live version 6" in text
+    assert "candidate version 7 (Canary" in text
+    assert "phase: Paused" in text and "step: 0 of 2" in text
+    assert "weight: 10% (desired 10%)" in text
+    assert "holding: bake time at 10%: 20s left" in text
+    assert "Successful: candidate 100 requests" in text
