@@ -12,6 +12,7 @@ one :class:`Operator`, created at start-up and kept in kopf's memo, never in a m
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -42,6 +43,7 @@ from modelyard.operator.resolve import (
     Resolver,
     registry_target,
     resolve_model,
+    resolve_shadow,
 )
 from modelyard.operator.resource import (
     APPROVAL_KIND,
@@ -224,7 +226,11 @@ def reconcile(op: Operator, key: Key) -> float | None:
     assert op.resolver is not None
     live = dict((body.get("status") or {}).get("model") or {})
     resolution = resolve_model(op.resolver, spec, namespace, live, op.policy)
-    plan = plan_reconcile(body, spec, resolution, op.settings, observe_world(op, body))
+    observed = observe_world(op, body)
+    observed = dataclasses.replace(
+        observed, shadow=resolve_shadow(op.resolver, spec, resolution.target)
+    )
+    plan = plan_reconcile(body, spec, resolution, op.settings, observed)
     if plan.failure is not None:
         op.write_status(body, plan.status)
         logger.info("%s/%s: %s: %s", namespace, name, plan.failure.reason, plan.failure.message)

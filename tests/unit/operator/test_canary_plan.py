@@ -196,3 +196,36 @@ def test_a_rolling_update_has_no_router_and_no_canary(registry: Registry) -> Non
     plan = decide(body(spec), registry.uri)
     assert plan.traffic is None and set(deployments(plan)) == {NAME}
     assert plan.status["rollout"]["strategy"] == "RollingUpdate"
+
+
+def test_a_shadow_runs_its_version_and_the_router_mirrors_to_it(registry: Registry) -> None:
+    from modelyard.operator.resolve import resolve_shadow
+
+    spec = {
+        "model": {"name": "churn", "alias": "champion"},
+        "rollout": {"shadow": {"alias": "challenger", "percent": 20}},
+    }
+    v1, v2 = registry.version(), registry.version()
+    registry.alias("champion", v1)
+    registry.alias("challenger", v2)
+    status = live(registry, spec, v1)
+    ours = ModelDeploymentSpec.parse(spec)
+    resolver = Resolver(Registries(client.ApiClient(), timeout=2.0), interval=30)
+    target = resolve_model(resolver, ours, NS, {}, RegistryPolicy(registry.uri)).target
+    shadow = resolve_shadow(resolver, ours, target)
+    assert shadow is not None and shadow.version == v2
+    plan = decide(body(spec, status), registry.uri, deployment=serving(v1), shadow=shadow)
+    made = deployments(plan)
+    assert model_version(made[NAME]) == str(v1)
+    assert model_version(made[f"{NAME}-shadow"]) == str(v2)
+    assert plan.traffic == k.TrafficPlan(
+        NAME, f"{NAME}-stable", shadow_service=f"{NAME}-shadow", shadow_percent=20
+    )
+    # Without the shadow in the spec, its children go and there is no router.
+    plain = decide(body(CANARY, status), registry.uri, deployment=serving(v1, 4))
+    assert plain.traffic is None
+    assert {(r.kind, r.name) for r in plain.delete} >= {
+        ("Deployment", f"{NAME}-shadow"),
+        ("Deployment", f"{NAME}-canary"),
+        ("Service", f"{NAME}-stable"),
+    }
