@@ -3,6 +3,7 @@ real (local, SQLite) MLflow registry."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ from kubernetes import client
 from modelyard.core.contracts import ApprovalTags
 from modelyard.operator import canary as k
 from modelyard.operator.analysis import Criteria, VariantStats, judge
+from modelyard.operator.approvals import Decision
 from modelyard.operator.plan import Observed, Plan, plan_reconcile
 from modelyard.operator.resolve import Registries, RegistryPolicy, Resolver, resolve_model
 from modelyard.operator.resource import ModelDeploymentSpec
@@ -229,3 +231,81 @@ def test_a_shadow_runs_its_version_and_the_router_mirrors_to_it(registry: Regist
         ("Deployment", f"{NAME}-canary"),
         ("Service", f"{NAME}-stable"),
     }
+
+
+def step_approval(decision: str, version: int, step: int, at: float) -> Decision:
+    created = NOW + dt.timedelta(seconds=at)
+    found = Decision.from_body(
+        {
+            "metadata": {
+                "name": f"a{step}",
+                "namespace": NS,
+                "creationTimestamp": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            },
+            "spec": {
+                "modelDeployment": NAME,
+                "version": version,
+                "step": step,
+                "decision": decision,
+                "approver": "ana",
+                "comment": "p99 ok",
+            },
+        }
+    )
+    assert found is not None
+    return found
+
+
+def test_an_approval_step_holds_until_a_modelapproval_for_that_step(registry: Registry) -> None:
+    spec = {**CANARY, "rollout": {**CANARY["rollout"]}}
+    spec["rollout"]["canary"] = {"steps": [{"weight": 10}, {"approval": {}}, {"weight": 50}]}
+    v1 = registry.version()
+    registry.alias("champion", v1)
+    status = live(registry, spec, v1)
+    v2 = registry.version()
+    registry.alias("champion", v2)
+    plan = decide(body(spec, status), registry.uri, deployment=serving(1, 4))
+    good = judge(Criteria(), VariantStats(200, 0, 0.05), VariantStats(200, 0, 0.05), NOW)
+    for at in (5, 40):
+        plan = decide(
+            body(spec, plan.status),
+            registry.uri,
+            at,
+            deployment=serving(1, 4),
+            canary_deployment=serving(v2, 1),
+            measurement=dataclasses.replace(good, at=NOW + dt.timedelta(seconds=at)),
+            # a decision about another step does not count
+            decisions=(step_approval("Approved", v2, 2, 1),),
+        )
+    assert plan.status["rollout"]["step"] == 1 and plan.traffic is not None
+    assert plan.traffic.candidate_weight == 10
+    assert "step 1 awaits approval" in plan.status["rollout"]["pauseReason"]
+    assert plan.answers == []
+
+    yes = step_approval("Approved", v2, 1, 50)
+    plan = decide(
+        body(spec, plan.status),
+        registry.uri,
+        50,
+        deployment=serving(1, 4),
+        canary_deployment=serving(v2, 2),
+        decisions=(yes,),
+    )
+    assert plan.status["rollout"]["step"] == 2 and plan.traffic is not None
+    assert plan.traffic.candidate_weight == 50
+    assert [(a.decision.name, a.state) for a in plan.answers] == [("a1", "Applied")]
+
+    no = step_approval("Rejected", v2, 1, 50)
+    back = decide(
+        body(spec, {**plan.status, "rollout": {**plan.status["rollout"], "step": 1}}),
+        registry.uri,
+        60,
+        deployment=serving(1, 4),
+        canary_deployment=serving(v2, 2),
+        decisions=(no,),
+    )
+    assert back.degraded is not None and back.degraded[0] == "Rejected"
+    assert "step 1 of version 2 was rejected by ana: p99 ok" in back.degraded[1]
+    registry.write(back)
+    tags = registry.tags(v2)
+    assert tags[ApprovalTags.detail(NS, NAME, "by")] == "ana"  # a person's: retry keeps it
