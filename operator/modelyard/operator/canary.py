@@ -58,9 +58,12 @@ KEPT_MEASUREMENTS = 5
 SCALE_DOWN_DELAY = 30.0
 
 
+CANARY_SUFFIX = "-canary"
+
+
 def candidate_name(name: str) -> str:
     """The candidate Deployment and Service of ModelDeployment ``name``."""
-    return f"{name}-canary"
+    return f"{name}{CANARY_SUFFIX}"
 
 
 def stable_service_name(name: str) -> str:

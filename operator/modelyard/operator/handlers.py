@@ -25,6 +25,7 @@ from kubernetes import client, config
 from modelyard.core import contracts as c
 from modelyard.core.redaction import install_log_redaction, redact_uri
 from modelyard.operator.approvals import Decision, unmatched
+from modelyard.operator.canary import CANARY_SUFFIX
 from modelyard.operator.children import SERVER_APP
 from modelyard.operator.credentials import ensure_accounts
 from modelyard.operator.events import post_event
@@ -224,9 +225,11 @@ def on_pod(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: A
     labels = body.get("metadata", {}).get("labels") or {}
     instance = labels.get(c.LABEL_INSTANCE)
     if instance and labels.get(c.LABEL_NAME) == SERVER_APP:
-        md = op.store.get(KIND, key[0], instance) or {}
-        if (md.get("status") or {}).get("rollout"):
-            memo.queue.add((key[0], instance))
+        # A canary's pods are instance NAME-canary (canary.candidate_name).
+        for name in dict.fromkeys((instance, instance.removesuffix(CANARY_SUFFIX))):
+            md = op.store.get(KIND, key[0], name) or {}
+            if (md.get("status") or {}).get("rollout"):
+                memo.queue.add((key[0], name))
 
 
 @kopf.on.event("v1", "namespaces")
