@@ -155,6 +155,7 @@ class Outcome:
 
 
 def criteria(canary: Canary) -> Criteria:
+    """``spec.rollout.canary.analysis`` as :func:`analysis.judge` takes it."""
     a = canary.analysis
     return Criteria(
         interval_seconds=duration_seconds(a.interval),
@@ -222,7 +223,7 @@ def advance(
         return _aborted(state, seen, scale_down_delay)
 
     _record(state, seen.measurement, canary)
-    limit = canary.analysis.failure_limit
+    limit = criteria(canary).failure_limit
     failed = int(state.get("failedMeasurements") or 0)
     why: Abort | None = None
     if seen.abort:
@@ -346,7 +347,7 @@ def _hold(
     left = step.pause_seconds - (seen.now - since).total_seconds()
     if left > 0:
         return f"bake time at {step.weight}%: {math.ceil(left)}s left", left
-    interval = duration_seconds(canary.analysis.interval)
+    interval = criteria(canary).interval_seconds
     whole = [
         m
         for m in state.get("measurements") or []

@@ -227,3 +227,8 @@ def test_rollout_status_says_phase_step_weight_and_why_it_holds() -> None:
     assert "weight: 10% (desired 10%)" in text
     assert "holding: bake time at 10%: 20s left" in text
     assert "Successful: candidate 100 requests" in text
+
+
+def test_the_analysis_criteria_come_from_the_spec() -> None:
+    c = spec(STEPS, interval="1m", minRequests=10, maxLatencyRatio=2, failureLimit=3)
+    assert k.criteria(c) == Criteria(60.0, 10, 0.01, 2.0, 3)
