@@ -61,6 +61,18 @@ SCALE_DOWN_DELAY = 30.0
 CANARY_SUFFIX = "-canary"
 
 
+def rollout_command(annotations: Mapping[str, str], status: Mapping[str, Any]) -> bool:
+    """Whether the annotations ask for something the status does not show done yet."""
+    retry = annotations.get(RETRY_ANNOTATION)
+    if retry and retry != status.get("retried"):
+        return True
+    rollout = status.get("rollout") or {}
+    if rollout.get("strategy") != CANARY or rollout.get("phase") in (ABORTED, PROMOTING):
+        return False
+    version = str(rollout.get("version"))
+    return version in (annotations.get(PROMOTE_ANNOTATION), annotations.get(ABORT_ANNOTATION))
+
+
 def candidate_name(name: str) -> str:
     """The candidate Deployment and Service of ModelDeployment ``name``."""
     return f"{name}{CANARY_SUFFIX}"

@@ -25,7 +25,7 @@ from kubernetes import client, config
 from modelyard.core import contracts as c
 from modelyard.core.redaction import install_log_redaction, redact_uri
 from modelyard.operator.approvals import Decision, unmatched
-from modelyard.operator.canary import CANARY_SUFFIX
+from modelyard.operator.canary import CANARY_SUFFIX, rollout_command
 from modelyard.operator.children import SERVER_APP
 from modelyard.operator.credentials import ensure_accounts
 from modelyard.operator.events import post_event
@@ -157,6 +157,9 @@ def on_model_deployment(
     status = body.get("status") or {}
     generation = body.get("metadata", {}).get("generation")
     if status.get("observedGeneration") != generation or not status.get("conditions"):
+        memo.queue.add(key)
+    elif rollout_command(body.get("metadata", {}).get("annotations") or {}, status):
+        # modelyard rollout promote|abort|retry: an annotation, no new generation.
         memo.queue.add(key)
 
 

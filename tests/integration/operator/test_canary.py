@@ -146,6 +146,7 @@ def test_abort_rolls_back_rejects_and_retry_starts_over(
         "churn",
         "the canary again",
         lambda m: ((m.get("status") or {}).get("rollout") or {}).get("phase") == "Paused",
+        timeout=60,
     )
     assert md["status"]["rollout"]["step"] == 0
     assert exists(k8s, "churn-canary")

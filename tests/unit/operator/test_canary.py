@@ -232,3 +232,14 @@ def test_rollout_status_says_phase_step_weight_and_why_it_holds() -> None:
 def test_the_analysis_criteria_come_from_the_spec() -> None:
     c = spec(STEPS, interval="1m", minRequests=10, maxLatencyRatio=2, failureLimit=3)
     assert k.criteria(c) == Criteria(60.0, 10, 0.01, 2.0, 3)
+
+
+def test_a_rollout_command_not_yet_acted_on_asks_for_a_reconcile() -> None:
+    paused = {"retried": "t1", "rollout": {"strategy": "Canary", "phase": "Paused", "version": 7}}
+    assert k.rollout_command({k.RETRY_ANNOTATION: "t2"}, paused)
+    assert not k.rollout_command({k.RETRY_ANNOTATION: "t1"}, paused)
+    assert k.rollout_command({k.PROMOTE_ANNOTATION: "7"}, paused)
+    assert k.rollout_command({k.ABORT_ANNOTATION: "7"}, paused)
+    assert not k.rollout_command({k.ABORT_ANNOTATION: "6"}, paused)
+    aborted = {"rollout": {**paused["rollout"], "phase": "Aborted"}}
+    assert not k.rollout_command({k.ABORT_ANNOTATION: "7"}, aborted)
