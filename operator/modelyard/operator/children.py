@@ -6,6 +6,7 @@ manifests (plain dicts) the handlers apply, so they are tested without a cluster
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -157,6 +158,37 @@ def build_server_service(plan: ServerPlan) -> dict[str, Any]:
             ],
         },
     }
+
+
+def variant_plan(plan: ServerPlan, name: str, model: ModelVersion, replicas: int) -> ServerPlan:
+    """The plan of a Deployment beside the stable one (a canary or a shadow): its own
+    name and pods (``app.kubernetes.io/instance`` is ``name``), ``model``, a fixed
+    number of replicas and no autoscaling."""
+    server = plan.spec.server.model_copy(update={"replicas": replicas, "autoscaling": None})
+    spec = plan.spec.model_copy(update={"server": server})
+    return dataclasses.replace(plan, name=name, model=model, spec=spec)
+
+
+def build_stable_service(plan: ServerPlan, name: str) -> dict[str, Any]:
+    """A Service ``name`` of the stable pods only, for a router in front of them."""
+    service = build_server_service(plan)
+    service["metadata"]["name"] = name
+    return service
+
+
+def ready_replicas(deployment: Mapping[str, Any] | None, version: int) -> int:
+    """Ready pods of a Deployment whose template runs ``version`` and is fully rolled out
+    (0 while it moves to that template)."""
+    if deployment is None:
+        return 0
+    template = ((deployment.get("spec") or {}).get("template") or {}).get("metadata") or {}
+    if (template.get("annotations") or {}).get(c.ANNOTATION_MODEL_VERSION) != str(version):
+        return 0
+    status = deployment.get("status") or {}
+    generation = int((deployment.get("metadata") or {}).get("generation") or 0)
+    if int(status.get("observedGeneration") or 0) < generation:
+        return 0
+    return min(int(status.get("availableReplicas") or 0), int(status.get("updatedReplicas") or 0))
 
 
 def build_server_hpa(plan: ServerPlan) -> dict[str, Any] | None:

@@ -19,8 +19,21 @@ NamespaceOption = Annotated[
 ]
 
 
+StepOption = Annotated[
+    int | None,
+    typer.Option(
+        help="An approval step of the Canary rollout in flight (its index in "
+        "spec.rollout.canary.steps, as modelyard rollout status shows it).",
+        min=0,
+    ),
+]
+
+
 def register(app: typer.Typer) -> None:
     """Add the operator's commands to the top-level CLI."""
+    from modelyard.operator.rollout_cli import rollout_app
+
+    app.add_typer(rollout_app, name="rollout")
 
     @app.command("operator")
     def run_operator(
@@ -58,16 +71,18 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="The pending version you approve (refused if another is)."),
         ] = None,
         comment: Annotated[str, typer.Option(help="Why: shown in status and MLflow.")] = "",
+        step: StepOption = None,
         wait: Annotated[
             bool, typer.Option(help="Wait for the operator's answer and print it.")
         ] = True,
     ) -> None:
-        """Approve the version a ModelDeployment holds pending: it rolls out.
+        """Approve the version a ModelDeployment holds pending: it rolls out. With --step,
+        approve the approval step a Canary rollout holds at: it goes on.
 
         Creates a ModelApproval whose approver is you, as the API server names you
         (kubectl auth whoami). Needs the modelyard-approver role in the namespace.
         """
-        decide(name, namespace, version, comment, "Approved", wait)
+        decide(name, namespace, version, comment, "Approved", wait, step)
 
     @app.command("reject")
     def reject(
@@ -78,13 +93,16 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="The pending version you reject (refused if another is)."),
         ] = None,
         comment: Annotated[str, typer.Option(help="Why: shown in status and MLflow.")] = "",
+        step: StepOption = None,
         wait: Annotated[
             bool, typer.Option(help="Wait for the operator's answer and print it.")
         ] = True,
     ) -> None:
-        """Reject the version a ModelDeployment holds pending: the live one keeps serving,
-        and the rejected one is never rolled out while the reference points to it."""
-        decide(name, namespace, version, comment, "Rejected", wait)
+        """Reject the version a ModelDeployment holds pending (or, with --step, the Canary
+        rollout holding at that approval step, which is rolled back): the live one keeps
+        serving, and the rejected one is never rolled out while the reference points to
+        it (modelyard rollout retry does not undo a person's rejection)."""
+        decide(name, namespace, version, comment, "Rejected", wait, step)
 
     @app.command("status")
     def status(
@@ -154,7 +172,13 @@ def _api_message(error: Any) -> str:
 
 
 def decide(
-    name: str, namespace: str | None, version: int | None, comment: str, decision: str, wait: bool
+    name: str,
+    namespace: str | None,
+    version: int | None,
+    comment: str,
+    decision: str,
+    wait: bool,
+    step: int | None = None,
 ) -> None:
     from kubernetes import client
     from kubernetes.client.exceptions import ApiException
@@ -176,6 +200,8 @@ def decide(
     state = md.get("status") or {}
     pending = state.get("pending") or {}
     live = (state.get("model") or {}).get("version")
+    if step is not None:
+        pending = _step_pending(state, step, name, namespace)
     if not pending:
         raise _fail(
             f"nothing is pending for {namespace}/{name}"
@@ -211,6 +237,7 @@ def decide(
             "version": target,
             "decision": decision,
             "approver": user,
+            **({"step": step} if step is not None else {}),
             **({"comment": comment} if comment else {}),
         },
     }
@@ -245,6 +272,23 @@ def decide(
         time.sleep(1)
     console.print("no answer from the operator within 60s (is it running?)")
     raise typer.Exit(1)
+
+
+def _step_pending(state: dict[str, Any], step: int, name: str, namespace: str) -> dict[str, Any]:
+    """The Canary rollout in flight as the thing decided on, if it holds at ``step``."""
+    rollout = state.get("rollout") or {}
+    if rollout.get("strategy") != "Canary" or rollout.get("phase") in (None, "Aborted"):
+        raise _fail(f"no Canary rollout is in flight for {namespace}/{name}")
+    if int(rollout.get("step") or 0) != step:
+        raise _fail(
+            f"the rollout of version {rollout.get('version')} is at step "
+            f"{rollout.get('step')}, not {step}"
+        )
+    return {
+        "version": rollout["version"],
+        "reference": rollout.get("reference"),
+        "since": rollout.get("stepSince") or rollout.get("since"),
+    }
 
 
 def _condition(md: dict[str, Any], type_: str) -> dict[str, Any]:

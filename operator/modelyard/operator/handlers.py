@@ -26,6 +26,7 @@ from kubernetes.client.exceptions import ApiException
 from modelyard.core import contracts as c
 from modelyard.core.redaction import install_log_redaction, redact_uri
 from modelyard.operator.approvals import Decision, unmatched
+from modelyard.operator.canary import CANARY_SUFFIX, rollout_command
 from modelyard.operator.children import SERVER_APP
 from modelyard.operator.crds import ensure_crds
 from modelyard.operator.credentials import ensure_accounts
@@ -171,6 +172,9 @@ def on_model_deployment(
     generation = body.get("metadata", {}).get("generation")
     if status.get("observedGeneration") != generation or not status.get("conditions"):
         memo.queue.add(key)
+    elif rollout_command(body.get("metadata", {}).get("annotations") or {}, status):
+        # modelyard rollout promote|abort|retry: an annotation, no new generation.
+        memo.queue.add(key)
 
 
 def _owner_key(body: Mapping[str, Any]) -> Key | None:
@@ -238,9 +242,11 @@ def on_pod(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: A
     labels = body.get("metadata", {}).get("labels") or {}
     instance = labels.get(c.LABEL_INSTANCE)
     if instance and labels.get(c.LABEL_NAME) == SERVER_APP:
-        md = op.store.get(KIND, key[0], instance) or {}
-        if (md.get("status") or {}).get("rollout"):
-            memo.queue.add((key[0], instance))
+        # A canary's pods are instance NAME-canary (canary.candidate_name).
+        for name in dict.fromkeys((instance, instance.removesuffix(CANARY_SUFFIX))):
+            md = op.store.get(KIND, key[0], name) or {}
+            if (md.get("status") or {}).get("rollout"):
+                memo.queue.add((key[0], name))
 
 
 @kopf.on.event("v1", "namespaces")

@@ -16,6 +16,7 @@ Three versions matter:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,8 +25,11 @@ from typing import Any
 from modelyard.core import contracts as c
 from modelyard.core import pods
 from modelyard.core.registry import ModelVersion, ResolvedModel
+from modelyard.operator import canary
 from modelyard.operator import conditions as cond
+from modelyard.operator.analysis import Measurement
 from modelyard.operator.approvals import (
+    APPLIED,
     APPROVED,
     AWAITING,
     EXPIRED,
@@ -47,8 +51,12 @@ from modelyard.operator.children import (
     build_server_network_policy,
     build_server_pdb,
     build_server_service,
+    build_stable_service,
+    ready_replicas,
     server_url,
+    variant_plan,
 )
+from modelyard.operator.conditions import parse_time
 from modelyard.operator.credentials import RegistryAccounts, build_credentials_secret
 from modelyard.operator.monitoring import (
     DriftResult,
@@ -58,11 +66,15 @@ from modelyard.operator.monitoring import (
     retrain_job_name,
 )
 from modelyard.operator.resolve import Failure, Resolution
-from modelyard.operator.resource import ModelDeploymentSpec
-from modelyard.operator.rollout import COMPLETE, FAILED, progress
+from modelyard.operator.resource import Canary, ModelDeploymentSpec
+from modelyard.operator.rollout import COMPLETE, FAILED, crashing, progress
 from modelyard.operator.settings import OperatorSettings
 
 HISTORY_LIMIT = 10
+#: Rejections the operator made, which ``modelyard rollout retry`` clears (never a
+#: person's: reason Rejected, or Expired).
+RETRYABLE = frozenset({"RolloutFailed", canary.ANALYSIS_FAILED, canary.ABORTED_BY_USER})
+DETAILS = ("by", "at", "comment", "reason")
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,15 @@ class Observed:
     #: The installation's registry users (when its registry has users): the servers and
     #: the drift check of a ModelDeployment on that registry get theirs in a Secret.
     accounts: RegistryAccounts | None = None
+    #: The canary Deployment (``<name>-canary``) and its pods as the watch delivered them.
+    canary_deployment: Mapping[str, Any] | None = None
+    canary_pods: tuple[Mapping[str, Any], ...] = ()
+    #: The latest analysis measurement of the canary in flight (from the collector).
+    measurement: Measurement | None = None
+    #: The candidate weight the router reports it serves; None: as planned.
+    router_weight: int | None = None
+    #: What ``spec.rollout.shadow`` resolves to (None: no shadow, or not resolved).
+    shadow: ModelVersion | None = None
 
 
 @dataclass
@@ -134,6 +155,9 @@ class Plan:
     progressing: str | None = None
     #: Look again after this many seconds even if nothing changes (something awaited).
     requeue_after: float | None = None
+    #: What the router in front of the servers does; None: no router (clients reach the
+    #: stable pods through the ModelDeployment's Service directly).
+    traffic: canary.TrafficPlan | None = None
 
 
 def _conditions(status: dict[str, Any]) -> list[dict[str, Any]]:
@@ -225,6 +249,12 @@ class _Planner:
         self.pending: dict[str, Any] | None = None
         self.history = list(self.old.get("history") or [])
         self.new_live: dict[str, Any] | None = None
+        annotations = dict(meta.get("annotations") or {})
+        self.annotations = {str(k_): str(v) for k_, v in annotations.items()}
+        self.retried = self.old.get("retried")
+        #: The candidate Deployment to run (its version and replicas) and its weight.
+        self.canary_run: tuple[ModelVersion, int] | None = None
+        self.canary_weight = 0
 
     def event(self, type_: str, reason: str, message: str) -> None:
         self.plan.events.append(Event(type_, reason, message))
@@ -271,6 +301,7 @@ class _Planner:
 
     def change(self) -> ModelVersion | None:
         """The reference resolves to another version: the gate, then the rollout."""
+        self.retry()
         candidate = self.candidate
         in_flight = (self.rollout.get("name"), self.rollout.get("version")) == (
             candidate.name,
@@ -304,6 +335,35 @@ class _Planner:
             self.start_rollout(judgment)
         return self.follow_rollout()
 
+    def retry(self) -> None:
+        """``modelyard rollout retry``: start the candidate's rollout over, clearing a
+        rejection the operator made (a failed rollout or analysis, an abort), never one a
+        person made through a ModelApproval. Acted on once per annotation value."""
+        asked = self.annotations.get(canary.RETRY_ANNOTATION)
+        if not asked or asked == self.retried:
+            return
+        self.retried = asked
+        if self.rollout.get("version") == self.candidate.version:
+            self.rollout = {}
+        key = c.ApprovalTags.key(self.namespace, self.name)
+        tags = dict(self.candidate.tags)
+        reason = tags.get(c.ApprovalTags.detail(self.namespace, self.name, "reason"))
+        if tags.get(key) == c.ApprovalTags.REJECTED and reason in RETRYABLE:
+            for tag in [
+                key,
+                *(c.ApprovalTags.detail(self.namespace, self.name, w) for w in DETAILS),
+            ]:
+                tags.pop(tag, None)
+                self.plan.tags.append(
+                    TagChange(self.candidate.name, self.candidate.version, tag, None)
+                )
+            self.candidate = dataclasses.replace(self.candidate, tags=tags)
+            self.event(
+                "Normal",
+                "RolloutRetried",
+                f"version {self.candidate.version} is tried again (it was rejected: {reason})",
+            )
+
     def start_rollout(self, judgment: Judgment) -> None:
         candidate = self.candidate
         reason = _rollout_reason(
@@ -320,7 +380,11 @@ class _Planner:
             "since": self.now,
             "reason": reason,
             "approval": judgment.message,
+            "strategy": "RollingUpdate",
         }
+        if self.spec.rollout.canary is not None and self.live is not None:
+            # The first version has nothing to compare with: it rolls out as a whole.
+            self.rollout.update(canary.start(self.observed.now))
         if judgment.decision is not None:
             self.rollout["approvedBy"] = judgment.decision.spec.approver
             self.event("Normal", APPROVED, judgment.message)
@@ -331,6 +395,107 @@ class _Planner:
         )
 
     def follow_rollout(self) -> ModelVersion | None:
+        if self.rollout.get("strategy") == canary.CANARY and self.spec.rollout.canary:
+            return self.follow_canary(self.spec.rollout.canary)
+        return self.follow_server()
+
+    def follow_canary(self, spec: Canary) -> ModelVersion | None:
+        """The candidate runs beside the live version; :mod:`canary` decides its share."""
+        candidate, observed = self.candidate, self.observed
+        assert self.live is not None
+        step = int(self.rollout.get("step") or 0)
+        crash = crashing(observed.canary_pods, candidate.version)
+        deadline = (observed.canary_deployment or {}).get("status", {}).get("conditions") or []
+        late = any(x.get("reason") == "ProgressDeadlineExceeded" for x in deadline)
+        failure = crash.message if crash else None
+        if late and failure is None:
+            failure = (
+                f"the canary pods of version {candidate.version} did not become ready within "
+                f"{self.spec.rollout.progress_deadline_seconds}s"
+            )
+        version = str(candidate.version)
+        outcome = canary.advance(
+            spec,
+            self.rollout,
+            canary.Observation(
+                now=observed.now,
+                stable_replicas=self.stable_replicas(),
+                candidate_ready=ready_replicas(observed.canary_deployment, candidate.version),
+                candidate_failure=failure,
+                measurement=observed.measurement,
+                step_decision=self.step_decision(step),
+                router_weight=observed.router_weight,
+                promote=self.annotations.get(canary.PROMOTE_ANNOTATION) == version,
+                abort=self.annotations.get(canary.ABORT_ANNOTATION) == version,
+            ),
+            self.name,
+            self.settings.canary_scale_down_delay,
+        )
+        for event in outcome.events:
+            self.event(*event)
+        self.plan.requeue_after = outcome.requeue_after
+        self.rollout = outcome.rollout
+        if outcome.aborted is not None:
+            why = outcome.aborted
+            message = f"{why.message}; rolled back to version {self.live.version}"
+            self.plan.degraded = (why.reason, message)
+            self.tag(
+                candidate,
+                decision_tags(
+                    self.namespace,
+                    self.name,
+                    c.ApprovalTags.REJECTED,
+                    why.by,
+                    self.now,
+                    why.message,
+                    why.reason,
+                ),
+            )
+            self.approved(False, REJECTED, f"version {candidate.version} failed: {message}")
+        elif self.rollout.get("phase") == canary.ABORTED and not outcome.finished:
+            reason = str(self.rollout.get("abortReason") or canary.ANALYSIS_FAILED)
+            self.plan.degraded = (reason, str(self.rollout.get("message") or reason))
+        if outcome.finished:
+            self.rollout = {}
+            return self.live
+        if outcome.candidate_replicas:
+            self.canary_run = (candidate, outcome.candidate_replicas)
+        self.canary_weight = outcome.weight
+        if outcome.promote_stable:
+            target = self.follow_server()
+            if not self.rollout:  # live (or rolled back): no canary, no router
+                self.canary_run = None
+            return target
+        self.plan.progressing = str(self.rollout.get("pauseReason") or "canary in progress")
+        return self.live
+
+    def stable_replicas(self) -> int:
+        seen = (self.observed.deployment or {}).get("spec", {}).get("replicas")
+        return int(seen) if seen is not None else self.spec.server.desired_replicas
+
+    def step_decision(self, step: int) -> canary.StepDecision | None:
+        """A person's decision on approval step ``step`` of the candidate, made after the
+        rollout started, by one of the approvers (when the spec names them)."""
+        approvers = self.spec.rollout.approval.approvers
+        since = parse_time(self.rollout.get("since"))
+        for d in sorted(self.observed.decisions, key=lambda d: d.created):
+            s = d.spec
+            if (s.step, s.version) != (step, self.candidate.version):
+                continue
+            if since is not None and d.created < since.replace(microsecond=0):
+                continue
+            if approvers and s.approver not in approvers:
+                continue
+            if not d.answered:
+                verb = "approves" if s.decision == APPROVED else "rejects"
+                self.plan.answers.append(
+                    Answer(d, APPLIED, f"{s.approver} {verb} step {step} of version {s.version}")
+                )
+            return canary.StepDecision(s.decision == APPROVED, s.approver, s.comment)
+        return None
+
+    def follow_server(self) -> ModelVersion | None:
+        """The server Deployment moves to the candidate; live once every replica runs it."""
         candidate = self.candidate
         state = progress(
             self.observed.deployment,
@@ -401,6 +566,7 @@ class _Planner:
             drift_credentials_secret=drift_secret,
         )
         self.plan.apply += [build_server_deployment(server), build_server_service(server)]
+        self.variants(server)
         if settings.network_policies:
             self.plan.apply.append(build_server_network_policy(server, settings.client_namespaces))
         else:
@@ -427,6 +593,54 @@ class _Planner:
             )
         elif drift is None or not drift_log:
             self.plan.delete.append(ChildRef("batch/v1", "CronJob", drift_cronjob_name(self.name)))
+
+    def variants(self, server: ServerPlan) -> None:
+        """The candidate (``<name>-canary``) and shadow (``<name>-shadow``) Deployments
+        and Services beside the stable one, and the router's plan; removed when unused."""
+        name = self.name
+        candidate = shadow = None
+        if self.canary_run is not None:
+            version, replicas = self.canary_run
+            candidate = variant_plan(server, canary.candidate_name(name), version, replicas)
+        shadow_spec = self.spec.rollout.shadow
+        if shadow_spec is not None and self.observed.shadow is not None:
+            shadow = variant_plan(
+                server,
+                canary.shadow_name(name),
+                self.observed.shadow,
+                max(1, server.spec.server.desired_replicas),
+            )
+        for variant, variant_name in (
+            (candidate, canary.candidate_name(name)),
+            (shadow, canary.shadow_name(name)),
+        ):
+            if variant is None:
+                self.plan.delete += [
+                    ChildRef("apps/v1", "Deployment", variant_name),
+                    ChildRef("v1", "Service", variant_name),
+                    ChildRef("networking.k8s.io/v1", "NetworkPolicy", variant_name),
+                ]
+                continue
+            self.plan.apply += [build_server_deployment(variant), build_server_service(variant)]
+            if self.settings.network_policies:
+                self.plan.apply.append(
+                    build_server_network_policy(variant, self.settings.client_namespaces)
+                )
+        routed = self.rollout.get("strategy") == canary.CANARY and (
+            candidate is not None or self.rollout.get("phase") == canary.ABORTED
+        )
+        if not routed and shadow is None:
+            self.plan.delete.append(ChildRef("v1", "Service", canary.stable_service_name(name)))
+            return
+        self.plan.apply.append(build_stable_service(server, canary.stable_service_name(name)))
+        self.plan.traffic = canary.TrafficPlan(
+            service=name,
+            stable_service=canary.stable_service_name(name),
+            candidate_service=canary.candidate_name(name) if candidate is not None else None,
+            candidate_weight=self.canary_weight if candidate is not None else 0,
+            shadow_service=canary.shadow_name(name) if shadow is not None else None,
+            shadow_percent=shadow_spec.percent if shadow is not None and shadow_spec else 0,
+        )
 
     def credentials_secrets(self, monitored: bool) -> tuple[str | None, str | None]:
         """The Secrets the servers and the drift check take registry credentials from: the
@@ -497,6 +711,7 @@ class _Planner:
             "rollout": self.rollout or None,
             "pending": self.pending,
             "history": self.history,
+            "retried": self.retried,
             "url": server_url(self.name, self.namespace, self.settings.cluster_domain),
             "endpoints": c.server_endpoints(self.spec.model.name),
             "conditions": self.conditions,

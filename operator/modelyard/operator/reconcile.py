@@ -12,6 +12,7 @@ one :class:`Operator`, created at start-up and kept in kopf's memo, never in a m
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -27,6 +28,7 @@ from modelyard.core.contracts import deployed_tag_key, parse_window
 from modelyard.core.registry import RegistryError
 from modelyard.operator import conditions as cond
 from modelyard.operator.approvals import Answer, Decision
+from modelyard.operator.canary import candidate_name
 from modelyard.operator.children import SERVER_APP, deployment_health
 from modelyard.operator.conditions import parse_time
 from modelyard.operator.credentials import RegistryAccounts
@@ -41,6 +43,7 @@ from modelyard.operator.resolve import (
     Resolver,
     registry_target,
     resolve_model,
+    resolve_shadow,
 )
 from modelyard.operator.resource import (
     APPROVAL_KIND,
@@ -223,7 +226,11 @@ def reconcile(op: Operator, key: Key) -> float | None:
     assert op.resolver is not None
     live = dict((body.get("status") or {}).get("model") or {})
     resolution = resolve_model(op.resolver, spec, namespace, live, op.policy)
-    plan = plan_reconcile(body, spec, resolution, op.settings, observe_world(op, body))
+    observed = observe_world(op, body)
+    observed = dataclasses.replace(
+        observed, shadow=resolve_shadow(op.resolver, spec, resolution.target)
+    )
+    plan = plan_reconcile(body, spec, resolution, op.settings, observed)
     if plan.failure is not None:
         op.write_status(body, plan.status)
         logger.info("%s/%s: %s: %s", namespace, name, plan.failure.reason, plan.failure.message)
@@ -270,12 +277,22 @@ def observe_world(op: Operator, body: Mapping[str, Any]) -> Observed:
             "Pod", namespace=namespace, labels={c.LABEL_INSTANCE: name, c.LABEL_NAME: SERVER_APP}
         )
     )
+    candidate = candidate_name(name)
+    canary_pods = tuple(
+        op.store.items(
+            "Pod",
+            namespace=namespace,
+            labels={c.LABEL_INSTANCE: candidate, c.LABEL_NAME: SERVER_APP},
+        )
+    )
     return Observed(
         namespace_labels=dict((ns.get("metadata") or {}).get("labels") or {}),
         decisions=decisions,
         deployment=op.store.get("Deployment", namespace, name),
         pods=pods,
         accounts=op.accounts,
+        canary_deployment=op.store.get("Deployment", namespace, candidate),
+        canary_pods=canary_pods,
     )
 
 

@@ -372,3 +372,18 @@ def resolve_model(
     except RegistryError as error:
         return Resolution(target, failure=Failure(error.reason, str(error)))
     return Resolution(target, model=ResolvedModel(outcome, datasets))
+
+
+def resolve_shadow(
+    resolver: Resolver, spec: ModelDeploymentSpec, target: RegistryTarget | None
+) -> ModelVersion | None:
+    """The READY version ``spec.rollout.shadow`` points to (a version or an alias of the
+    same model), or None: no shadow, or it does not resolve (nothing is mirrored)."""
+    shadow = spec.rollout.shadow
+    if shadow is None or target is None:
+        return None
+    ref = ModelReference(spec.model.name, shadow.version, shadow.alias, None)
+    outcome = resolver.resolve(target, ref)
+    if isinstance(outcome, RegistryError) or not outcome.ready:
+        return None
+    return outcome

@@ -109,11 +109,84 @@ class Approval(_Model):
     expires_after: str | None = Field(default=None, alias="expiresAfter", pattern=WINDOW_PATTERN)
 
 
+#: A pause or an interval: seconds, minutes or hours (``30s``, ``2m``, ``1h``).
+DURATION_PATTERN = r"^[0-9]+[smh]$"
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def duration_seconds(text: str) -> float:
+    """``2m`` -> 120.0 (the CRD's pattern has been enforced)."""
+    return float(int(text[:-1]) * _DURATION_UNITS[text[-1]])
+
+
+class CanaryStep(_Model):
+    """One of ``spec.rollout.canary.steps``: a weight with its pause, or an approval."""
+
+    weight: int | None = Field(default=None, ge=1, le=99)
+    pause: str = Field(default="0s", pattern=DURATION_PATTERN)
+    replicas: int | None = Field(default=None, ge=1)
+    approval: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _weight_or_approval(self) -> CanaryStep:
+        if (self.weight is None) == (self.approval is None):
+            raise ValueError("a canary step is exactly one of {weight, pause} or {approval: {}}")
+        return self
+
+    @property
+    def pause_seconds(self) -> float:
+        return duration_seconds(self.pause)
+
+
+class CanaryAnalysis(_Model):
+    interval: str = Field(default="30s", pattern=DURATION_PATTERN)
+    min_requests: int = Field(default=50, ge=1, alias="minRequests")
+    max_error_rate_increase: float = Field(default=0.01, ge=0, le=1, alias="maxErrorRateIncrease")
+    max_latency_ratio: float = Field(default=1.5, ge=1, alias="maxLatencyRatio")
+    failure_limit: int = Field(default=2, ge=1, alias="failureLimit")
+
+
+class Canary(_Model):
+    steps: tuple[CanaryStep, ...] = Field(min_length=1)
+    analysis: CanaryAnalysis = Field(default_factory=CanaryAnalysis)
+
+    @model_validator(mode="after")
+    def _increasing(self) -> Canary:
+        weights = [s.weight for s in self.steps if s.weight is not None]
+        if not weights:
+            raise ValueError("spec.rollout.canary.steps needs at least one weight step")
+        if any(b <= a for a, b in zip(weights, weights[1:], strict=False)):
+            raise ValueError("each canary weight must be greater than the one before")
+        return self
+
+
+class Shadow(_Model):
+    """Mirror ``percent`` of the requests to another version of the model."""
+
+    alias: str | None = Field(default=None, min_length=1)
+    version: int | None = Field(default=None, ge=1)
+    percent: int = Field(ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _one_reference(self) -> Shadow:
+        if (self.alias is None) == (self.version is None):
+            raise ValueError("spec.rollout.shadow must set exactly one of alias or version")
+        return self
+
+
 class Rollout(_Model):
-    strategy: Literal["RollingUpdate"] = "RollingUpdate"
+    strategy: Literal["RollingUpdate", "Canary"] = "RollingUpdate"
+    canary: Canary | None = None
+    shadow: Shadow | None = None
     approval: Approval = Field(default_factory=Approval)
     # A new version whose pods are not all ready after this long is rolled back.
     progress_deadline_seconds: int = Field(default=600, ge=30, alias="progressDeadlineSeconds")
+
+    @model_validator(mode="after")
+    def _canary_iff_strategy(self) -> Rollout:
+        if (self.strategy == "Canary") != (self.canary is not None):
+            raise ValueError("spec.rollout.canary is required with strategy Canary and only then")
+        return self
 
 
 class DriftThresholds(_Model):

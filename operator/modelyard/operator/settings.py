@@ -55,6 +55,9 @@ class OperatorSettings(BaseModel):
     # cluster's (only existing ones, only forward in version; docs/install.md): Helm never
     # upgrades a chart's CRDs.
     manage_crds: bool = False
+    # MODELYARD_CANARY_SCALE_DOWN_DELAY: seconds an aborted canary keeps its pods at weight
+    # 0 (finishing the requests it has) before they are removed.
+    canary_scale_down_delay: float = Field(default=30.0, ge=0)
     # MODELYARD_METRICS_PORT: port of the operator's Prometheus /metrics (0: not served).
     metrics_port: int = Field(default=8081, ge=0, le=65535)
 

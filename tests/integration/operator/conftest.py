@@ -28,6 +28,8 @@ def operator_environment(cluster: Any) -> None:
     os.environ["MODELYARD_SERVER_IMAGE"] = "modelyard/server:test"
     # The tests' registries (mlflow servers on this host, any port) are allowed.
     os.environ["MODELYARD_ALLOWED_REGISTRIES"] = "http://127.0.0.1:*"
+    # An aborted canary's pods go one second after its weight went to 0.
+    os.environ["MODELYARD_CANARY_SCALE_DOWN_DELAY"] = "1"
 
 
 @pytest.fixture

@@ -245,6 +245,7 @@ def test_kubectl_get_shows_the_printer_columns(
         "LIVE",
         "PENDING",
         "ROLLING",
+        "WEIGHT",
         "READY",
         "REASON",
         "URL",
