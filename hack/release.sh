@@ -58,8 +58,10 @@ for component in "${components[@]}"; do
     docker push "$target" >/dev/null
     digest=$(docker inspect --format '{{index .RepoDigests 0}}' "$target" | sed 's/.*@//')
   else
+    # The archive is what was built (or cached): into buildah's storage, then out.
+    image_id=$(buildah pull --quiet "oci-archive:$archive")
     buildah push --quiet "${tls[@]}" --digestfile "$out/$component.digest" \
-      "oci-archive:$archive" "docker://$target" >&2
+      "$image_id" "docker://$target" >&2
     digest=$(cat "$out/$component.digest")
     rm -f "$out/$component.digest"
   fi

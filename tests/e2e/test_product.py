@@ -607,7 +607,7 @@ def test_the_production_loop_with_a_person_in_it(
     )
     done = node_cluster.run_kubectl(
         "-n", release, "wait", "--for=condition=Complete", f"job/{job}", "--timeout=900s",
-        check=False,
+        check=False, timeout=960,
     )  # fmt: skip
     assert done.returncode == 0, node_cluster.run_kubectl(
         "-n", release, "logs", f"job/{job}", check=False
@@ -719,7 +719,8 @@ def test_helm_uninstall_keeps_the_registry_and_cleans_up_the_rest(
         f"persistentvolumeclaim/{RELEASE}-modelyard-mlflow",
         f"secret/{RELEASE}-modelyard-registry-credentials",
     ]
-    assert left() == kept
+    # The pods of the deleted Deployments go with garbage collection, a moment later.
+    wait_for("the release's pods to go", lambda: left() == kept, timeout=180, interval=2)
     roles = node_cluster.run_kubectl(
         "get",
         "clusterrole,clusterrolebinding",
@@ -764,4 +765,4 @@ def test_helm_uninstall_keeps_the_registry_and_cleans_up_the_rest(
     # Deleting the data is a deliberate second step.
     subprocess.run([*helm, "uninstall", RELEASE, "-n", release, "--wait"], check=True, timeout=300)
     node_cluster.run_kubectl("-n", release, "delete", *kept, "--wait=true", "--timeout=120s")
-    assert left() == []
+    wait_for("nothing left", lambda: left() == [], timeout=180, interval=2)
