@@ -188,6 +188,8 @@ def variant_servers(
                 root / "predictions",
                 MODELYARD_MODEL_VERSION=version,
                 MODELYARD_LOG_FLUSH_INTERVAL="0.5",
+                # Its own metrics directory, as in its own pod (BentoML keeps them there).
+                BENTOML_HOME=str(root / "bentoml"),
             )
             started[version] = ServerUnderTest(server, root / "predictions")
         yield Variants(**started)
