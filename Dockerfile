@@ -1,8 +1,9 @@
-# modelyard's three images, one per component, each with only what it needs:
+# modelyard's images, one per component, each with only what it needs:
 #
 #   docker build --target operator -t modelyard/operator:$(version) .  # the Kopf operator
 #   docker build --target server   -t modelyard/server:$(version) .    # the model server
 #   docker build --target toolkit  -t modelyard/toolkit:$(version) .   # pipelines, drift, MLflow
+#   docker build --target router   -t modelyard/router:$(version) .    # nginx, for canaries
 #
 # (hack/images.sh does this with buildah where there is no Docker engine.) Each image
 # installs its component's hash-locked dependencies (locks/<extra>.txt, from its extra in
@@ -103,3 +104,23 @@ ENV MPLCONFIGDIR=/tmp/matplotlib
 USER 10001:10001
 ENTRYPOINT ["modelyard"]
 CMD ["--help"]
+
+# ---------------------------------------------------------------- the router
+# nginx from Debian, in front of a ModelDeployment's versions during a canary or a shadow
+# (operator/modelyard/operator/router.py renders its configuration into a ConfigMap,
+# mounted at /etc/modelyard/router). No Python code of ours runs in it.
+FROM runtime AS router
+# Pinned like the base image's packages (hack/base-packages.lock): when Debian's archive no
+# longer serves this version the build fails here, naming it.
+ARG NGINX=nginx=1.22.1-9+deb12u9
+RUN apt-get update -qq \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$NGINX" \
+      >/dev/null \
+ && apt-get clean \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin /etc/nginx/sites-enabled/* \
+ && nginx -V 2>&1 | head -1
+USER 10001:10001
+EXPOSE 8080
+# SIGQUIT is nginx's graceful shutdown: requests in flight finish (SIGTERM drops them).
+STOPSIGNAL SIGQUIT
+ENTRYPOINT ["nginx", "-c", "/etc/modelyard/router/nginx.conf"]

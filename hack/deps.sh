@@ -7,10 +7,12 @@ set -euo pipefail
 # plugins, iptables, conntrack: the node; buildah, debootstrap, gcc/libc6-dev: images
 # (static pause binary); lua5.4: the Argo CD health check's tests; chromium and a font:
 # the model server's OpenAPI page in a real browser; docker-registry (the CNCF
-# distribution registry): `make release` and the e2e install from a registry.
+# distribution registry): `make release` and the e2e install from a registry; nginx and
+# prometheus: the canary router in front of real servers and the analysis's PromQL
+# against a real Prometheus.
 pkgs=(openssl curl iproute2 procps postgresql containerd runc containernetworking-plugins
   iptables conntrack buildah debootstrap gcc libc6-dev lua5.4 chromium fonts-dejavu-core
-  docker-registry)
+  docker-registry nginx prometheus)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -11,12 +11,13 @@
 #
 # Images, one per component (docs/contracts.md), the targets of the Dockerfile:
 # modelyard/operator:<version>, modelyard/server:<version>, modelyard/toolkit:<version>
-# (pipelines, drift checks, MLflow); for the built-in node also the pause and CoreDNS
-# images (nothing can be pulled there).
+# (pipelines, drift checks, MLflow), modelyard/router:<version> (nginx, for canaries);
+# for the built-in node also the pause and CoreDNS images (nothing can be pulled there).
 #
 # Built images are kept as archives under $MODELYARD_CACHE/images, keyed by a hash of
-# their own inputs (the Dockerfile, the locks, src/ and the component's folder): a change
-# to one component rebuilds only its image, an unchanged tree builds nothing.
+# their own inputs (the Dockerfile, the locks, src/ and the component's folder; the
+# router, which has no code of ours, only the Dockerfile): a change to one component
+# rebuilds only its image, an unchanged tree builds nothing.
 # IMAGE_BUILDER=buildah (default where installed) or docker.
 set -euo pipefail
 
@@ -31,6 +32,7 @@ base_image=localhost/modelyard/debian:bookworm
 operator_image=modelyard/operator:$version
 server_image=modelyard/server:$version
 toolkit_image=modelyard/toolkit:$version
+router_image=modelyard/router:$version
 cluster=${CLUSTER:-local}
 builder=${IMAGE_BUILDER:-$(command -v buildah >/dev/null 2>&1 && echo buildah || echo docker)}
 mkdir -p "$store"
@@ -159,15 +161,18 @@ base() {
 
 # build_dockerfile IMAGE TARGET: build the Dockerfile's TARGET, keep an archive of it.
 build_dockerfile() {
-  local image=$1 target=$2 component lock hash archive
+  local image=$1 target=$2 hash archive inputs=(Dockerfile .dockerignore)
   case $target in
-    operator) component=operator lock=locks/operator.txt ;;
-    server) component=serving lock=locks/server.txt ;;
-    toolkit) component=pipelines lock=locks/pipelines.txt ;;
+    operator) inputs+=(operator locks/operator.txt) ;;
+    server) inputs+=(serving locks/server.txt) ;;
+    toolkit) inputs+=(pipelines locks/pipelines.txt) ;;
+    router) ;; # nginx from Debian: the Dockerfile is all its input
     *) die "no image target $target" ;;
   esac
-  hash=$(inputs_hash Dockerfile "$component" src pyproject.toml README.md .dockerignore \
-    locks/bootstrap.txt "$lock")
+  if [[ $target != router ]]; then
+    inputs+=(src pyproject.toml README.md locks/bootstrap.txt)
+  fi
+  hash=$(inputs_hash "${inputs[@]}")
   archive=$(archive_of "$image" "$hash")
   if [[ -f $archive ]]; then
     log "$image: unchanged, cached at $archive"
@@ -261,6 +266,7 @@ build() {
   build_dockerfile "$operator_image" operator >/dev/null
   build_dockerfile "$server_image" server >/dev/null
   build_dockerfile "$toolkit_image" toolkit >/dev/null
+  build_dockerfile "$router_image" router >/dev/null
 }
 
 # -------------------------------------------------------------------------- loading
@@ -286,6 +292,7 @@ load() {
     "$bin/kind" load image-archive --name "$name" "$(build_dockerfile "$operator_image" operator)"
     "$bin/kind" load image-archive --name "$name" "$(build_dockerfile "$server_image" server)"
     "$bin/kind" load image-archive --name "$name" "$(build_dockerfile "$toolkit_image" toolkit)"
+    "$bin/kind" load image-archive --name "$name" "$(build_dockerfile "$router_image" router)"
     return
   fi
   ctr_import "$(pause_archive)" "$pause_image"
@@ -293,6 +300,7 @@ load() {
   ctr_import "$(build_dockerfile "$operator_image" operator)" "$operator_image"
   ctr_import "$(build_dockerfile "$server_image" server)" "$server_image"
   ctr_import "$(build_dockerfile "$toolkit_image" toolkit)" "$toolkit_image"
+  ctr_import "$(build_dockerfile "$router_image" router)" "$router_image"
 }
 
 # The node needs the pause image before any pod; cluster.sh calls this.

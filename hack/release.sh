@@ -5,7 +5,7 @@
 #                                     does on a tag), or localhost:5000 (a local registry)
 #
 # Pushes, for the version in src/modelyard/_version.py:
-#   REGISTRY/modelyard/{operator,server,toolkit}:VERSION   (amd64; the release workflow
+#   REGISTRY/modelyard/{operator,server,toolkit,router}:VERSION (amd64; the release workflow
 #                                                          builds amd64 and arm64)
 #   oci://REGISTRY/charts/modelyard, version VERSION, whose default image.registry is
 #   REGISTRY: `helm install modelyard oci://REGISTRY/charts/modelyard --version VERSION`
@@ -38,7 +38,7 @@ fi
 
 mkdir -p "$out"
 : >"$out/digests.txt"
-components=(operator server toolkit)
+components=(operator server toolkit router)
 # RELEASE_SKIP_IMAGES=1: the chart only (the release workflow builds the images for two
 # architectures with buildx).
 if [[ ${RELEASE_SKIP_IMAGES:-0} == 1 ]]; then

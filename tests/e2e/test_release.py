@@ -49,7 +49,8 @@ def test_install_from_the_released_chart_pulls_every_image(
         for line in (REPO / ".release" / version() / "digests.txt").read_text().split()
     )
     assert set(digests) == {
-        f"{registry.host}/modelyard/{c}:{version()}" for c in ("operator", "server", "toolkit")
+        f"{registry.host}/modelyard/{c}:{version()}"
+        for c in ("operator", "server", "toolkit", "router")
     }
 
     ns = f"rel-{uuid.uuid4().hex[:6]}"

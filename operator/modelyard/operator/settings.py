@@ -28,6 +28,11 @@ class OperatorSettings(BaseModel):
     resolve_interval: float = Field(default=30.0, gt=0)
     # MODELYARD_CLUSTER_DOMAIN: for the in-cluster URL in status.url.
     cluster_domain: str = "cluster.local"
+    # MODELYARD_ROUTER_IMAGE: the router (nginx) put in front of a ModelDeployment's
+    # variants while it has a canary or a shadow.
+    router_image: str = c.ROUTER_IMAGE
+    # MODELYARD_ROUTER_IMAGE_PULL_POLICY
+    router_image_pull_policy: str = "IfNotPresent"
     # MODELYARD_TOOLKIT_IMAGE: image with the `modelyard` CLI, for the drift CronJobs.
     toolkit_image: str = c.TOOLKIT_IMAGE
     # MODELYARD_PREDICTION_LOG: fsspec base URL the servers log predictions under.

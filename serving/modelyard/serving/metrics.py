@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from modelyard.core import contracts as c
 from modelyard.serving.model import ModelIdentity
 
 MetricFactory = Callable[..., Any]
@@ -27,12 +28,12 @@ class ServerMetrics:
     ) -> None:
         self._model = {"model_name": model.name, "model_version": model.version}
         self.requests = counter(
-            name="modelyard_requests_total",
+            name=c.REQUESTS_METRIC,
             documentation="Prediction requests answered, by endpoint and HTTP status.",
             labelnames=REQUEST_LABELS,
         )
         self.latency = histogram(
-            name="modelyard_request_duration_seconds",
+            name=c.REQUEST_DURATION_METRIC,
             documentation="Time from request received to response ready.",
             labelnames=REQUEST_LABELS,
             buckets=LATENCY_BUCKETS,

@@ -20,6 +20,8 @@ OPERATOR_IMAGE: Final = f"modelyard/operator:{__version__}"
 SERVER_IMAGE: Final = f"modelyard/server:{__version__}"
 #: Pipelines, drift checks and the MLflow tracking server.
 TOOLKIT_IMAGE: Final = f"modelyard/toolkit:{__version__}"
+#: nginx, in front of a ModelDeployment's variants during a canary or a shadow.
+ROUTER_IMAGE: Final = f"modelyard/router:{__version__}"
 
 # ------------------------------------------------------------------ the model server
 #: The port the model server listens on, inside its pod.
@@ -32,6 +34,14 @@ LIVENESS_PATH: Final = "/livez"
 READINESS_PATH: Final = "/readyz"
 #: Prometheus metrics of every modelyard process that serves HTTP.
 METRICS_PATH: Final = "/metrics"
+#: The port the router (nginx) listens on, inside its pod, and its probes' path.
+ROUTER_PORT: Final = 8080
+ROUTER_HEALTH_PATH: Final = "/healthz"
+#: The model server's Prometheus metrics the canary analysis reads (docs/contracts.md): a
+#: counter of answered requests labelled with their HTTP ``status``, and a histogram of
+#: their latency, both also labelled ``endpoint``, ``model_name`` and ``model_version``.
+REQUESTS_METRIC: Final = "modelyard_requests_total"
+REQUEST_DURATION_METRIC: Final = "modelyard_request_duration_seconds"
 #: The uid (and gid) every modelyard container runs as; the images name it ``modelyard``.
 RUN_AS_UID: Final = 10001
 
@@ -307,6 +317,8 @@ ANNOTATION_MODEL_URI: Final = "modelyard.io/model-uri"
 ANNOTATION_MODEL_VERSION: Final = "modelyard.io/model-version"
 ANNOTATION_DRIFT_RUN: Final = "modelyard.io/drift-run-id"
 ANNOTATION_TRIGGERED_BY: Final = "modelyard.io/triggered-by"
+#: On the router's pod template: a hash of its configuration, so a change rolls the pods.
+ANNOTATION_CONFIG_HASH: Final = "modelyard.io/config-hash"
 
 #: Where pipeline pods find their pipeline file and mount the lake volume.
 PIPELINE_DIR: Final = "/etc/modelyard"

@@ -163,3 +163,40 @@ def start_modelyard_server(
     yield start
     for server in started:
         server.stop()
+
+
+@dataclass(frozen=True)
+class Variants:
+    """Three real servers of the same model, each reporting its own version name (in
+    ``X-Model-Version``, its metrics and its prediction log): what a router splits."""
+
+    stable: ServerUnderTest
+    candidate: ServerUnderTest
+    shadow: ServerUnderTest
+
+    def by_version(self) -> dict[str, ServerUnderTest]:
+        return {"stable": self.stable, "candidate": self.candidate, "shadow": self.shadow}
+
+
+@pytest.fixture(scope="session")
+def variant_servers(
+    registered_forest: RegisteredModel, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Variants]:
+    started: dict[str, ServerUnderTest] = {}
+    try:
+        for version in ("stable", "candidate", "shadow"):
+            root = tmp_path_factory.mktemp(f"variant-{version}")
+            server = start_modelyard(
+                registered_forest,
+                root / "server.log",
+                root / "predictions",
+                MODELYARD_MODEL_VERSION=version,
+                MODELYARD_LOG_FLUSH_INTERVAL="0.5",
+                # Its own metrics directory, as in its own pod (BentoML keeps them there).
+                BENTOML_HOME=str(root / "bentoml"),
+            )
+            started[version] = ServerUnderTest(server, root / "predictions")
+        yield Variants(**started)
+    finally:
+        for under_test in started.values():
+            under_test.server.stop()

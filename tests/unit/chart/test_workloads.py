@@ -85,6 +85,8 @@ def test_operator(default_objects: list[dict[str, Any]]) -> None:
     assert env["MODELYARD_RESOLVE_INTERVAL"] == "30"
     assert env["MODELYARD_METRICS_PORT"] == "8081"
     assert env["MODELYARD_TOOLKIT_IMAGE"] == "ghcr.io/modelyard/modelyard/toolkit:0.1.0"
+    assert env["MODELYARD_ROUTER_IMAGE"] == "ghcr.io/modelyard/modelyard/router:0.1.0"
+    assert env["MODELYARD_ROUTER_IMAGE_PULL_POLICY"] == "IfNotPresent"
     assert pod_spec(deployment)["serviceAccountName"] == OPERATOR
     service = one(default_objects, "Service", OPERATOR)
     assert service["spec"]["ports"][0]["port"] == 8080
