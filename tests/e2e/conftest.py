@@ -94,6 +94,17 @@ def retrain_definition(directory: Path) -> Path:
     return path
 
 
+def wait_available(
+    cluster: Any, ns: str, seconds: int = 600, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    """Wait for the release's Deployments (operator, MLflow) to be Available."""
+    return cluster.run_kubectl(
+        "-n", ns, "wait", "--for=condition=Available", "deployment", "-l",
+        f"app.kubernetes.io/instance={RELEASE}", f"--timeout={seconds}s",
+        check=check, timeout=seconds + 60,
+    )  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def release(node_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The chart installed with its defaults into a restricted namespace (and one more
@@ -128,17 +139,7 @@ def release(node_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
         timeout=900,
     )
     # Not `helm --wait`: the data-lake claim binds only when a pipeline pod first uses it.
-    available = node_cluster.run_kubectl(
-        "-n",
-        ns,
-        "wait",
-        "--for=condition=Available",
-        "deployment",
-        "-l",
-        f"app.kubernetes.io/instance={RELEASE}",
-        "--timeout=600s",
-        check=False,
-    )
+    available = wait_available(node_cluster, ns, check=False)
     if install.returncode != 0 or available.returncode != 0:
         pods = node_cluster.run_kubectl("-n", ns, "get", "pods,events", check=False).stdout
         pytest.fail(

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 
 from modelyard.core.contracts import RegistryUsers
-from tests.e2e.conftest import LOCAL_IMAGES, RETRAIN_PIPELINE
+from tests.e2e.conftest import LOCAL_IMAGES, RETRAIN_PIPELINE, wait_available
 from tests.support.incluster import E2E_RELEASE as RELEASE
 from tests.support.incluster import (
     port_forward,
@@ -682,16 +682,7 @@ def test_helm_uninstall_keeps_the_registry_and_cleans_up_the_rest(
     node_cluster.run_kubectl("-n", release, "delete", "modelapprovals,rolebindings", "--all")
     node_cluster.run_kubectl("-n", release, "delete", "pod", "--all", "--wait=true")
     # (After the ModelDeployments are gone: their deletion clears their "deployed" tags.)
-    node_cluster.run_kubectl(
-        "-n",
-        release,
-        "wait",
-        "--for=condition=Available",
-        "deployment",
-        "-l",
-        f"app.kubernetes.io/instance={RELEASE}",
-        "--timeout=300s",
-    )
+    wait_available(node_cluster, release, 300)
     before = registered_versions(node_cluster, release)
     assert champion in before["versions"]
     helm = [str(node_cluster.bin_dir / "helm"), "--kubeconfig", str(node_cluster.kubeconfig)]
@@ -750,16 +741,7 @@ def test_helm_uninstall_keeps_the_registry_and_cleans_up_the_rest(
         timeout=600,
         capture_output=True,
     )
-    node_cluster.run_kubectl(
-        "-n",
-        release,
-        "wait",
-        "--for=condition=Available",
-        "deployment",
-        "-l",
-        f"app.kubernetes.io/instance={RELEASE}",
-        "--timeout=600s",
-    )
+    wait_available(node_cluster, release, 600)
     assert registered_versions(node_cluster, release) == before
 
     # Deleting the data is a deliberate second step.
