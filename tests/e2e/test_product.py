@@ -286,6 +286,83 @@ print(json.dumps(seen))
 """
 
 
+def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    found = [c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == kind]
+    return found[0] if found else {}
+
+
+@pytest.mark.security
+def test_an_unsafe_version_is_refused_on_the_node_and_the_live_one_keeps_serving(
+    node_cluster: Any, release: str, toolkit_image: str, serving: int
+) -> None:
+    """A cloudpickle model registered by anyone and moved to the alias never runs: the
+    server refuses it before unpickling, the operator reports UnsafeModelFormat, tags it
+    rejected for this deployment and rolls back; the live version answers throughout."""
+    import mlflow
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LogisticRegression
+
+    from modelyard.core.contracts import ApprovalTags
+    from tests.support.models import small_frame
+
+    live = int(md(node_cluster, release)["status"]["model"]["version"])
+    frame, label = small_frame()
+    estimator = LogisticRegression().fit(frame, label)
+    with mlflow_client(node_cluster, release) as (client, uri):
+        body = load_rows(uri, live)
+    with mlflow_client(node_cluster, release) as (client, uri), mlflow_uri(uri):
+        mlflow.set_experiment("e2e-unsafe-model")
+        with mlflow.start_run():
+            info = mlflow.sklearn.log_model(
+                estimator,
+                name="model",
+                signature=infer_signature(frame, estimator.predict(frame)),
+                registered_model_name=MODEL,
+                serialization_format="cloudpickle",
+                pip_requirements=["scikit-learn"],
+            )
+        unsafe = int(info.registered_model_version)
+        wait_for(
+            "the unsafe version READY in the registry",
+            lambda: client.get_model_version(MODEL, str(unsafe)).status == "READY",
+        )
+        client.set_registered_model_alias(MODEL, "champion", str(unsafe))
+    try:
+        try:
+            wait_for(
+                "the operator to refuse the unsafe version",
+                lambda: (
+                    condition(md(node_cluster, release), "Degraded").get("reason")
+                    == "UnsafeModelFormat"
+                ),
+                timeout=300,
+                interval=2,
+            )
+        except BaseException:
+            pods = node_cluster.run_kubectl("-n", release, "get", "pods", "-o", "wide").stdout
+            status = json.dumps(md(node_cluster, release).get("status"), indent=1)
+            pytest.fail(f"not refused:\n{status}\n{pods}")
+        obj = md(node_cluster, release)
+        assert obj["status"]["model"]["version"] == live
+        assert "pickle" in condition(obj, "Degraded")["message"].lower()
+        with mlflow_client(node_cluster, release) as (client, _):
+            tags = client.get_model_version(MODEL, str(unsafe)).tags
+        key = ApprovalTags.key(release, MODEL)
+        assert tags.get(key) == ApprovalTags.REJECTED, tags
+        # The live version still answers, through the ModelDeployment's Service.
+        script = f"""
+import json, urllib.request
+req = urllib.request.Request("http://{MODEL}.{release}.svc.cluster.local/invocations",
+    data={body!r}.encode(), headers={{"Content-Type": "application/json"}})
+print(json.dumps(json.loads(urllib.request.urlopen(req, timeout=30).read())))
+"""
+        answer = json.loads(run_pod(node_cluster, release, toolkit_image, script).strip())
+        assert len(answer["predictions"]) == 1
+    finally:
+        with mlflow_client(node_cluster, release) as (client, _):
+            client.set_registered_model_alias(MODEL, "champion", str(live))
+
+
 @pytest.mark.security
 def test_network_policies_admit_the_toolkit_and_refuse_other_namespaces(
     node_cluster: Any, release: str, toolkit_image: str, serving: int
@@ -393,78 +470,6 @@ def test_alias_move_rolls_out_with_zero_failed_requests_under_load(
     assert result["ok"] / result["seconds"] >= 20, result
     history = md(node_cluster, release)["status"]["history"]
     assert [h["version"] for h in history[:2]] == [int(v2.version), serving]
-
-
-def condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
-    found = [c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == kind]
-    return found[0] if found else {}
-
-
-@pytest.mark.security
-def test_an_unsafe_version_is_refused_on_the_node_and_the_live_one_keeps_serving(
-    node_cluster: Any, release: str, toolkit_image: str, serving: int
-) -> None:
-    """A cloudpickle model registered by anyone and moved to the alias never runs: the
-    server refuses it before unpickling, the operator reports UnsafeModelFormat, tags it
-    rejected for this deployment and rolls back; the live version answers throughout."""
-    import mlflow
-    from mlflow.models import infer_signature
-    from sklearn.linear_model import LogisticRegression
-
-    from modelyard.core.contracts import ApprovalTags
-    from tests.support.models import small_frame
-
-    live = int(md(node_cluster, release)["status"]["model"]["version"])
-    frame, label = small_frame()
-    estimator = LogisticRegression().fit(frame, label)
-    with mlflow_client(node_cluster, release) as (client, uri):
-        body = load_rows(uri, live)
-    with mlflow_client(node_cluster, release) as (client, uri), mlflow_uri(uri):
-        mlflow.set_experiment("e2e-unsafe-model")
-        with mlflow.start_run():
-            info = mlflow.sklearn.log_model(
-                estimator,
-                name="model",
-                signature=infer_signature(frame, estimator.predict(frame)),
-                registered_model_name=MODEL,
-                serialization_format="cloudpickle",
-                pip_requirements=["scikit-learn"],
-            )
-        unsafe = int(info.registered_model_version)
-        wait_for(
-            "the unsafe version READY in the registry",
-            lambda: client.get_model_version(MODEL, str(unsafe)).status == "READY",
-        )
-        client.set_registered_model_alias(MODEL, "champion", str(unsafe))
-    try:
-        wait_for(
-            "the operator to refuse the unsafe version",
-            lambda: (
-                condition(md(node_cluster, release), "Degraded").get("reason")
-                == "UnsafeModelFormat"
-            ),
-            timeout=300,
-            interval=2,
-        )
-        obj = md(node_cluster, release)
-        assert obj["status"]["model"]["version"] == live
-        assert "pickle" in condition(obj, "Degraded")["message"].lower()
-        with mlflow_client(node_cluster, release) as (client, _):
-            tags = client.get_model_version(MODEL, str(unsafe)).tags
-        key = ApprovalTags.key(release, MODEL)
-        assert tags.get(key) == ApprovalTags.REJECTED, tags
-        # The live version still answers, through the ModelDeployment's Service.
-        script = f"""
-import json, urllib.request
-req = urllib.request.Request("http://{MODEL}.{release}.svc.cluster.local/invocations",
-    data={body!r}.encode(), headers={{"Content-Type": "application/json"}})
-print(json.dumps(json.loads(urllib.request.urlopen(req, timeout=30).read())))
-"""
-        answer = json.loads(run_pod(node_cluster, release, toolkit_image, script).strip())
-        assert len(answer["predictions"]) == 1
-    finally:
-        with mlflow_client(node_cluster, release) as (client, _):
-            client.set_registered_model_alias(MODEL, "champion", str(live))
 
 
 DRIFT_SCRIPT = """
