@@ -110,6 +110,18 @@ def recorded_rejection(version: ModelVersion, namespace: str, name: str) -> str 
     return text + (f": {comment}" if comment else "")
 
 
+def operator_rejection(version: ModelVersion, namespace: str, name: str) -> str | None:
+    """The reason the operator itself rejected ``version`` for this deployment (a failed
+    rollout: crashing pods, an unsafe model, failed analysis), or None: not rejected, or
+    rejected by a person (whose decision is not a fault to report)."""
+    tags = version.tags
+    if tags.get(c.ApprovalTags.key(namespace, name)) != c.ApprovalTags.REJECTED:
+        return None
+    if tags.get(c.ApprovalTags.detail(namespace, name, "by")):
+        return None
+    return tags.get(c.ApprovalTags.detail(namespace, name, "reason")) or None
+
+
 def decision_tags(
     namespace: str, name: str, state: str, by: str, at: str, comment: str, reason: str
 ) -> dict[str, str]:

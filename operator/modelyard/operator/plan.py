@@ -40,6 +40,7 @@ from modelyard.operator.approvals import (
     Judgment,
     decision_tags,
     judge,
+    operator_rejection,
     stamp,
 )
 from modelyard.operator.approvals import required as approval_required
@@ -326,6 +327,11 @@ class _Planner:
         if not judgment.may_go_live:
             self.rollout = {}
             self.pending = judgment.pending
+            # A version the operator rolled back stays reported (Degraded, with its
+            # reason) for as long as the reference resolves to it.
+            fault = operator_rejection(candidate, self.namespace, self.name)
+            if judgment.state == REJECTED and fault:
+                self.plan.degraded = (fault, judgment.message)
             if judgment.pending_started:
                 self.event("Normal", AWAITING, judgment.message)
             if judgment.state in (REJECTED, EXPIRED) and judgment.tags:

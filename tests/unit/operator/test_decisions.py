@@ -431,6 +431,14 @@ def test_an_unsafe_model_is_refused_at_once_and_the_live_version_keeps_serving(
     assert "saved with cloudpickle" in failed.degraded[1]
     registry.write(failed)
     assert registry.tags(v2)[ApprovalTags.detail(NS, NAME, "reason")] == "UnsafeModelFormat"
+    # The next reconciles, while the alias still points at it: still reported, not retried.
+    after, _ = decide(body(ALIAS, failed.status), registry.uri, deployment=serving(v1))
+    assert served(after) == f"models:/churn/{v1}"
+    assert after.degraded is not None and after.degraded[0] == "UnsafeModelFormat"
+    # Moved back to the live version: nothing is wrong any more.
+    registry.alias("champion", v1)
+    steady, _ = decide(body(ALIAS, after.status), registry.uri, deployment=serving(v1))
+    assert steady.degraded is None
 
 
 def test_allow_pickle_reaches_the_server(registry: Registry) -> None:
