@@ -341,6 +341,21 @@ class _Planner:
             self.start_rollout(judgment)
         return self.follow_rollout()
 
+    def roll_back(self, candidate: ModelVersion, reason: str, why: str, by: str = "") -> str:
+        """The candidate failed (or was aborted): back to the live version, Degraded with
+        ``reason``, the version tagged rejected for this deployment; the message."""
+        assert self.live is not None
+        message = f"{why}; rolled back to version {self.live.version}"
+        self.plan.degraded = (reason, message)
+        self.tag(
+            candidate,
+            decision_tags(
+                self.namespace, self.name, c.ApprovalTags.REJECTED, by, self.now, why, reason
+            ),
+        )
+        self.approved(False, REJECTED, f"version {candidate.version} failed: {message}")
+        return message
+
     def retry(self) -> None:
         """``modelyard rollout retry``: start the candidate's rollout over, clearing a
         rejection the operator made (a failed rollout or analysis, an abort), never one a
@@ -443,21 +458,7 @@ class _Planner:
         self.rollout = outcome.rollout
         if outcome.aborted is not None:
             why = outcome.aborted
-            message = f"{why.message}; rolled back to version {self.live.version}"
-            self.plan.degraded = (why.reason, message)
-            self.tag(
-                candidate,
-                decision_tags(
-                    self.namespace,
-                    self.name,
-                    c.ApprovalTags.REJECTED,
-                    why.by,
-                    self.now,
-                    why.message,
-                    why.reason,
-                ),
-            )
-            self.approved(False, REJECTED, f"version {candidate.version} failed: {message}")
+            self.roll_back(candidate, why.reason, why.message, by=why.by)
         elif self.rollout.get("phase") == canary.ABORTED and not outcome.finished:
             reason = str(self.rollout.get("abortReason") or canary.ANALYSIS_FAILED)
             self.plan.degraded = (reason, str(self.rollout.get("message") or reason))
@@ -529,22 +530,8 @@ class _Planner:
         if state.state == FAILED and self.live is not None:
             # Back to what was live; the candidate is not tried again while the
             # reference still resolves to it (a registry tag records why).
-            message = f"{state.message}; rolled back to version {self.live.version}"
-            self.plan.degraded = (state.reason, message)
+            message = self.roll_back(candidate, state.reason, state.message)
             self.event("Warning", "RolledBack", message)
-            self.tag(
-                candidate,
-                decision_tags(
-                    self.namespace,
-                    self.name,
-                    c.ApprovalTags.REJECTED,
-                    "",
-                    self.now,
-                    state.message,
-                    state.reason,
-                ),
-            )
-            self.approved(False, REJECTED, f"version {candidate.version} failed: {message}")
             self.rollout = {}
             return self.live
         if state.state == FAILED:
