@@ -75,6 +75,8 @@ HISTORY_LIMIT = 10
 #: Rejections the operator made, which ``modelyard rollout retry`` clears (never a
 #: person's: reason Rejected, or Expired).
 RETRYABLE = frozenset({"RolloutFailed", canary.ANALYSIS_FAILED, canary.ABORTED_BY_USER})
+# Reasons of a canary rolled back: Degraded only until its pods are scaled down.
+CANARY_ROLLBACKS = frozenset({canary.ANALYSIS_FAILED, canary.ABORTED_BY_USER, canary.STEP_REJECTED})
 DETAILS = ("by", "at", "comment", "reason")
 
 
@@ -328,9 +330,10 @@ class _Planner:
             self.rollout = {}
             self.pending = judgment.pending
             # A version the operator rolled back stays reported (Degraded, with its
-            # reason) for as long as the reference resolves to it.
+            # reason) for as long as the reference resolves to it; a canary rolled back
+            # is Degraded until its pods are gone, then Approved=False keeps the why.
             fault = operator_rejection(candidate, self.namespace, self.name)
-            if judgment.state == REJECTED and fault:
+            if judgment.state == REJECTED and fault and fault not in CANARY_ROLLBACKS:
                 self.plan.degraded = (fault, judgment.message)
             if judgment.pending_started:
                 self.event("Normal", AWAITING, judgment.message)
