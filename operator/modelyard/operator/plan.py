@@ -70,6 +70,7 @@ from modelyard.operator.resource import Canary, ModelDeploymentSpec
 from modelyard.operator.rollout import COMPLETE, FAILED, crashing, progress
 from modelyard.operator.router import (
     build_router,
+    build_router_network_policy,
     from_traffic,
     router_children,
     router_ready,
@@ -678,15 +679,21 @@ class _Planner:
             shadow_service=canary.shadow_name(name) if shadow is not None else None,
             shadow_percent=shadow_spec.percent if shadow is not None and shadow_spec else 0,
         )
-        self.plan.apply += build_router(
-            from_traffic(
-                self.plan.traffic,
-                self.namespace,
-                image=self.settings.router_image,
-                image_pull_policy=self.settings.router_image_pull_policy,
-                cluster_domain=self.settings.cluster_domain,
-            )
+        router_plan = from_traffic(
+            self.plan.traffic,
+            self.namespace,
+            image=self.settings.router_image,
+            image_pull_policy=self.settings.router_image_pull_policy,
+            cluster_domain=self.settings.cluster_domain,
         )
+        self.plan.apply += build_router(router_plan)
+        if self.settings.network_policies:
+            policy = build_router_network_policy(router_plan, self.settings.client_namespaces)
+            self.plan.apply.append(policy)
+        else:
+            self.plan.delete.append(
+                ChildRef("networking.k8s.io/v1", "NetworkPolicy", router_plan.resource_name)
+            )
         router = observed.router_deployment
         if router_ready(router) or (on_router and router_serving(router)):
             service["spec"]["selector"] = router_selector(name)

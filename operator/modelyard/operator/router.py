@@ -43,6 +43,7 @@ from typing import Any
 from modelyard.core import contracts as c
 from modelyard.core import pods
 from modelyard.operator.canary import TrafficPlan
+from modelyard.operator.children import client_ingress
 
 #: The app.kubernetes.io/name of router pods.
 ROUTER_APP = "modelyard-router"
@@ -446,11 +447,22 @@ def build_router_pdb(plan: RouterPlan) -> dict[str, Any]:
     }
 
 
+def build_router_network_policy(plan: RouterPlan, client_namespaces: list[str]) -> dict[str, Any]:
+    """The same callers as the servers' own NetworkPolicy admits, on the router's port."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(plan),
+        "spec": client_ingress(plan.selector, plan.namespace, client_namespaces, c.ROUTER_PORT),
+    }
+
+
 def router_children(name: str) -> list[tuple[str, str, str]]:
     """(apiVersion, kind, name) of ModelDeployment ``name``'s router children, in the
     order to delete them (the ConfigMap its pods mount last)."""
     resource = f"{name}{ROUTER_SUFFIX}"
     return [
+        ("networking.k8s.io/v1", "NetworkPolicy", resource),
         ("policy/v1", "PodDisruptionBudget", resource),
         ("apps/v1", "Deployment", resource),
         ("v1", "ConfigMap", resource),
