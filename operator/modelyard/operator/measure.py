@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,6 +93,8 @@ class Analyses:
     fetch: Callable[[str, float], str] | None = None
     _runs: dict[Key, _Run] = field(default_factory=dict)
     _prometheus: PrometheusCollector | None = None
+    #: The reconcile workers share the table (each ModelDeployment is one worker's).
+    _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
         if self.prometheus_url:
@@ -99,8 +102,9 @@ class Analyses:
 
     def forget(self, namespace: str, name: str, keep: int | None = None) -> None:
         """Drop the collectors of ``namespace/name``'s canaries (but version ``keep``'s)."""
-        for key in [k for k in self._runs if k[:2] == (namespace, name) and k[2] != keep]:
-            del self._runs[key]
+        with self._lock:
+            for key in [k for k in self._runs if k[:2] == (namespace, name) and k[2] != keep]:
+                del self._runs[key]
 
     def measure(
         self,
@@ -121,7 +125,8 @@ class Analyses:
             return None
         key = (namespace, name, int(version))
         self.forget(namespace, name, keep=key[2])
-        run = self._runs.setdefault(key, _Run(PodMetricsCollector(**self._fetch())))
+        with self._lock:
+            run = self._runs.setdefault(key, _Run(PodMetricsCollector(**self._fetch())))
         if not measuring(rollout, router_weight):
             run.step_since = None  # no traffic: the next scrape starts over
             return None
