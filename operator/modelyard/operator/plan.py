@@ -639,7 +639,9 @@ class _Planner:
         )
         wanted = routed or shadow is not None
         on_router = selects_router(observed.service, name)
-        router_up = observed.router_deployment is not None or bool(observed.router_pods)
+        router_up = observed.router_deployment is not None or any(
+            _running(pod, observed.now) for pod in observed.router_pods
+        )
         leaving = not wanted and (on_router or router_up)
         for variant, variant_name in (
             (candidate, canary.candidate_name(name)),
@@ -779,6 +781,13 @@ class _Planner:
             "endpoints": c.server_endpoints(self.spec.model.name),
             "conditions": self.conditions,
         }
+
+
+def _running(pod: Mapping[str, Any], now: dt.datetime) -> bool:
+    """Whether a pod may still be answering: not deleted, or within its grace period (the
+    deletion timestamp is when the kubelet kills what is left)."""
+    deleted = parse_time((pod.get("metadata") or {}).get("deletionTimestamp"))
+    return deleted is None or deleted > now
 
 
 def _drift_prediction_log(spec: ModelDeploymentSpec, settings: OperatorSettings) -> str | None:

@@ -263,8 +263,15 @@ def test_the_service_moves_back_before_the_router_goes_and_the_variants_last(
     assert ("Service", f"{NAME}-stable") not in deleted(after)
     assert applied(after, "Service", NAME)["spec"]["selector"] == SERVER_SELECTOR
 
-    world.op.store.remove("Pod", NS, f"{NAME}-10.0.2.1")  # the router's pod is gone
-    last = world.reconcile(body(SPEC, after.status), 45)
+    # The router's pod terminates: while its grace period lasts the variants stay.
+    terminating = copy.deepcopy(world.op.store.get("Pod", NS, f"{NAME}-10.0.2.1"))
+    assert terminating is not None
+    terminating["metadata"]["deletionTimestamp"] = "2026-12-01T10:00:50Z"
+    world.put("Pod", terminating)
+    draining = world.reconcile(body(SPEC, after.status), 44)
+    assert ("Deployment", f"{NAME}-canary") not in deleted(draining)
+    # Past its deletion timestamp nothing of it answers, even if the watch still shows it.
+    last = world.reconcile(body(SPEC, draining.status), 51)
     assert {
         ("Deployment", f"{NAME}-canary"),
         ("Service", f"{NAME}-canary"),
