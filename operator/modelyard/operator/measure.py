@@ -55,6 +55,8 @@ class _Run:
     #: next scrape is a baseline).
     step_since: str | None = None
     last: dt.datetime | None = None
+    #: When the next measurement is due (None: none is, the candidate has no traffic).
+    due: dt.datetime | None = None
 
 
 def metrics_targets(variant: str, pods: Iterable[Mapping[str, Any]]) -> list[Target]:
@@ -128,20 +130,22 @@ class Analyses:
         with self._lock:
             run = self._runs.setdefault(key, _Run(PodMetricsCollector(**self._fetch())))
         if not measuring(rollout, router_weight):
-            run.step_since = None  # no traffic: the next scrape starts over
+            run.step_since = run.due = None  # no traffic: the next scrape starts over
             return None
         criteria = canary.criteria(spec)
         interval = dt.timedelta(seconds=criteria.interval_seconds)
         step_since = str(rollout["stepSince"])
         same_step = run.step_since == step_since
         if same_step and run.last is not None and now - run.last < interval:
+            run.due = run.last + interval
             return None
         collection = self._collect(
             run, namespace, live, rollout, stable_pods, canary_pods, step_since, now, interval
         )
         if collection is None:
+            run.due = _parse(step_since, now) + interval
             return None
-        run.step_since, run.last = step_since, now
+        run.step_since, run.last, run.due = step_since, now, now + interval
         if collection.baseline or (self._prometheus is None and not same_step):
             return None  # where the counters stand at the step's start: counts as nothing
         if collection.unreachable:
@@ -149,6 +153,15 @@ class Analyses:
                 "%s/%s: pods not scraped: %s", namespace, name, "; ".join(collection.unreachable)
             )
         return judge(criteria, collection.stats[STABLE], collection.stats[CANDIDATE], now)
+
+    def due_in(self, namespace: str, name: str, now: dt.datetime) -> float | None:
+        """Seconds until ``namespace/name``'s canary's next measurement is due (so the
+        reconcile comes back for it, whatever else wakes it up meanwhile), or None."""
+        with self._lock:
+            dues = [r.due for k, r in self._runs.items() if k[:2] == (namespace, name) and r.due]
+        if not dues:
+            return None
+        return max(0.5, (min(dues) - now).total_seconds())
 
     def _fetch(self) -> dict[str, Any]:
         return {"fetch": self.fetch} if self.fetch is not None else {}
@@ -169,8 +182,7 @@ class Analyses:
             targets = metrics_targets(STABLE, stable_pods) + metrics_targets(CANDIDATE, canary_pods)
             return run.collector.collect(targets, variants=(STABLE, CANDIDATE))
         # Prometheus looks back a whole interval: only once one has passed at the step.
-        begun = parse_time(step_since)
-        if begun is None or now - begun < interval:
+        if now - _parse(step_since, now) < interval:
             return None
         selectors = {
             STABLE: self._selector(namespace, live.get("name"), live.get("version")),
@@ -189,3 +201,7 @@ class Analyses:
         if self.prometheus_namespace_label:
             selector[self.prometheus_namespace_label] = namespace
         return selector
+
+
+def _parse(moment: str, default: dt.datetime) -> dt.datetime:
+    return parse_time(moment) or default

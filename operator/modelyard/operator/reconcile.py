@@ -34,7 +34,7 @@ from modelyard.operator.children import SERVER_APP, deployment_health
 from modelyard.operator.conditions import parse_time
 from modelyard.operator.credentials import RegistryAccounts
 from modelyard.operator.kube import ApplyFailed, ChildConflict, Kube
-from modelyard.operator.measure import Analyses
+from modelyard.operator.measure import Analyses, measuring
 from modelyard.operator.metrics import OperatorMetrics
 from modelyard.operator.monitoring import build_retrain_job
 from modelyard.operator.plan import Observed, Plan, plan_failure, plan_reconcile
@@ -269,7 +269,7 @@ def reconcile(op: Operator, key: Key) -> float | None:
     for event in plan.events:
         op.event(body, event.type, event.reason, event.message)
     op.succeeded(key)
-    return _look_again(op, spec, plan)
+    return _look_again(op, spec, plan, _measure_in(op, key, plan, observed.now))
 
 
 def observe_world(op: Operator, body: Mapping[str, Any]) -> Observed:
@@ -342,10 +342,25 @@ def take_measurement(
     )
 
 
-def _look_again(op: Operator, spec: ModelDeploymentSpec, plan: Plan) -> float | None:
+def _measure_in(op: Operator, key: Key, plan: Plan, now: dt.datetime) -> float | None:
+    """Seconds until the canary's next measurement is due: at once when its step has just
+    begun (the scrape that starts its first interval), else at the interval's end."""
+    assert op.analyses is not None
+    due = op.analyses.due_in(*key, now)
+    if due is None and measuring(plan.status.get("rollout") or {}, None):
+        return 1.0
+    return due
+
+
+def _look_again(
+    op: Operator, spec: ModelDeploymentSpec, plan: Plan, measure_in: float | None = None
+) -> float | None:
     """A rollout in flight is looked at again even without an event (a version that never
-    gets ready sends none); so is a pending version that can expire."""
+    gets ready sends none); so is a pending version that can expire, and a canary's next
+    measurement."""
     waits = [plan.requeue_after] if plan.requeue_after else []
+    if measure_in is not None:
+        waits.append(measure_in)
     if plan.progressing is not None:
         waits.append(min(30.0, op.settings.resolve_interval))
     pending = plan.status.get("pending")

@@ -23,7 +23,12 @@ from modelyard.operator import canary as k
 from modelyard.operator.children import SERVER_APP
 from modelyard.operator.measure import Analyses, measuring
 from modelyard.operator.plan import Plan, plan_reconcile
-from modelyard.operator.reconcile import Operator, observe_world, take_measurement
+from modelyard.operator.reconcile import (
+    Operator,
+    _measure_in,
+    observe_world,
+    take_measurement,
+)
 from modelyard.operator.resolve import RegistryPolicy, resolve_model
 from modelyard.operator.resource import ModelDeploymentSpec
 from modelyard.operator.router import (
@@ -304,6 +309,8 @@ def at_first_step(world: World) -> tuple[Plan, int]:
     assert plan.status["rollout"]["phase"] == k.PAUSED
     assert plan.status["rollout"]["stepSince"]
     assert world.scrapes == 0  # no measurement before the step's traffic flows
+    # The step has just begun: the scrape that starts its first interval comes at once.
+    assert _measure_in(world.op, (NS, NAME), plan, NOW + dt.timedelta(seconds=3)) == 1.0
     return plan, v2
 
 
@@ -315,9 +322,14 @@ def test_a_failing_candidate_is_measured_once_per_interval_and_rolled_back(
     assert world.scrapes == 5 and world.observed.measurement is None
     assert plan.status["rollout"]["measurements"] == []
 
+    assert world.op.analyses is not None
+    assert world.op.analyses.due_in(NS, NAME, NOW + dt.timedelta(seconds=4)) == 30.0
+
     pages(world, (20, 0), (10, 0))
     plan = world.reconcile(body(SPEC, plan.status), 20)  # within the interval: no scrape
     assert world.scrapes == 5 and world.observed.measurement is None
+    # Whatever woke the reconcile, it comes back when the interval ends.
+    assert world.op.analyses.due_in(NS, NAME, NOW + dt.timedelta(seconds=20)) == 14.0
 
     pages(world, (50, 0), (100, 30))
     plan = world.reconcile(body(SPEC, plan.status), 34)
