@@ -77,6 +77,7 @@ from modelyard.operator.router import (
     router_selector,
     router_serving,
     selects_router,
+    served_weight,
 )
 from modelyard.operator.settings import OperatorSettings
 
@@ -643,12 +644,18 @@ class _Planner:
             _running(pod, observed.now) for pod in observed.router_pods
         )
         leaving = not wanted and (on_router or router_up)
+        # Router pods still sending the candidate requests (promoted, with a shadow left,
+        # while they roll to a configuration without it) keep it.
+        served = served_weight(observed.router_deployment, observed.service, name)
+        kept = {canary.candidate_name(name)} if served != 0 else set()
         for variant, variant_name in (
             (candidate, canary.candidate_name(name)),
             (shadow, canary.shadow_name(name)),
         ):
             if variant is None:
-                if not leaving:
+                if variant_name in kept and not leaving:
+                    self.look_again(2.0)
+                elif not leaving:
                     self.plan.delete += [
                         ChildRef("apps/v1", "Deployment", variant_name),
                         ChildRef("v1", "Service", variant_name),

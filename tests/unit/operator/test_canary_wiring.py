@@ -19,6 +19,7 @@ import pytest
 from kubernetes import client
 
 from modelyard.core import contracts as c
+from modelyard.core.registry import ModelVersion
 from modelyard.operator import canary as k
 from modelyard.operator.children import SERVER_APP
 from modelyard.operator.measure import Analyses, measuring
@@ -397,3 +398,44 @@ def test_measurements_count_only_while_the_candidate_has_its_weight() -> None:
     assert not measuring({**rollout, "stepSince": None}, 10)
     assert not measuring({**rollout, "phase": k.ABORTED, "desiredWeight": 0}, 0)
     assert not measuring({**rollout, "phase": k.PROMOTING}, 10)
+
+
+def test_a_promoted_candidate_with_a_shadow_left_stays_until_the_router_leaves_it(
+    world: World,
+) -> None:
+    status, v2 = start(world)
+    plan = world.reconcile(body(SPEC, status), 1)
+    plan = world.reconcile(body(SPEC, plan.status), 2)
+    plan = world.reconcile(body(SPEC, plan.status), 3)
+    # Promoted to 100%: every router pod sends the clients to the candidate.
+    router = copy.deepcopy(world.op.store.get("Deployment", NS, ROUTER))
+    assert router is not None
+    router["metadata"]["annotations"] = {WEIGHT_ANNOTATION: "100"}
+    world.put("Deployment", router)
+    # The rollout is over (version 2 live on the stable Deployment); a shadow remains.
+    shadowed = {**SPEC, "rollout": {**SPEC["rollout"], "shadow": {"version": 1, "percent": 20}}}
+    world.registry.alias("champion", v2)
+    done = dict(plan.status, rollout=None, model={**plan.status["model"], "version": v2})
+    obj = body(shadowed, done)
+    observed = dataclasses.replace(observe_world(world.op, obj), now=NOW + dt.timedelta(seconds=10))
+    spec = ModelDeploymentSpec.parse(obj["spec"])
+    assert world.op.resolver is not None
+    world.op.resolver.forget("churn")
+    resolution = resolve_model(
+        world.op.resolver, spec, NS, done["model"], RegistryPolicy(world.registry.uri)
+    )
+    old = ModelVersion(name="churn", version=1, run_id="", source="", status="READY")
+    later = plan_reconcile(
+        obj, spec, resolution, world.settings, dataclasses.replace(observed, shadow=old)
+    )
+    assert later.traffic is not None and later.traffic.candidate_service is None
+    assert ("Deployment", f"{NAME}-canary") not in deleted(later)  # still answering
+    assert later.requeue_after is not None and later.requeue_after <= 2.0
+    # Once every router pod runs the configuration without it, it goes.
+    router["metadata"]["annotations"] = {WEIGHT_ANNOTATION: "0"}
+    world.put("Deployment", router)
+    observed = dataclasses.replace(observed, router_deployment=router)
+    gone = plan_reconcile(
+        obj, spec, resolution, world.settings, dataclasses.replace(observed, shadow=old)
+    )
+    assert ("Deployment", f"{NAME}-canary") in deleted(gone)
