@@ -221,6 +221,11 @@ per watched namespace). No wildcards: tests/unit/chart checks it.
 - apiGroups: [""]
   resources: [services]
   verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [""]
+  resources: [configmaps]
+  # The canary/shadow router's nginx configuration (<name>-router, owned by its
+  # ModelDeployment); watched by the managed-by label.
+  verbs: [get, list, watch, create, patch, update, delete]
 - apiGroups: [autoscaling]
   resources: [horizontalpodautoscalers]
   verbs: [get, list, watch, create, patch, update, delete]

@@ -238,20 +238,28 @@ def build_server_network_policy(plan: ServerPlan, client_namespaces: list[str]) 
     (the installation's own, and those its values allow). Everything else is refused
     where the cluster enforces NetworkPolicy; the kubelet's probes come from the node and
     are not affected."""
-    peers: list[dict[str, Any]] = [{"podSelector": {}}]
-    peers += [
-        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}
-        for ns in sorted(set(client_namespaces) - {plan.namespace})
-    ]
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": _meta(plan),
-        "spec": {
-            "podSelector": {"matchLabels": dict(plan.selector)},
-            "policyTypes": ["Ingress"],
-            "ingress": [{"from": peers, "ports": [{"port": c.SERVER_PORT, "protocol": "TCP"}]}],
-        },
+        "spec": client_ingress(plan.selector, plan.namespace, client_namespaces, c.SERVER_PORT),
+    }
+
+
+def client_ingress(
+    selector: Mapping[str, str], namespace: str, client_namespaces: list[str], port: int
+) -> dict[str, Any]:
+    """A NetworkPolicy spec: the pods ``selector`` picks take ``port`` from pods of their
+    own namespace and of ``client_namespaces`` only."""
+    peers: list[dict[str, Any]] = [{"podSelector": {}}]
+    peers += [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}
+        for ns in sorted(set(client_namespaces) - {namespace})
+    ]
+    return {
+        "podSelector": {"matchLabels": dict(selector)},
+        "policyTypes": ["Ingress"],
+        "ingress": [{"from": peers, "ports": [{"port": port, "protocol": "TCP"}]}],
     }
 
 

@@ -207,6 +207,12 @@ def on_service(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **
     _on_child("Service", event, body, memo)
 
 
+@kopf.on.event("v1", "configmaps", labels=MANAGED_BY)
+def on_config_map(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+    """The routers' configurations (``<name>-router``)."""
+    _on_child("ConfigMap", event, body, memo)
+
+
 @kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=MANAGED_BY)
 def on_hpa(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     _on_child("HorizontalPodAutoscaler", event, body, memo)

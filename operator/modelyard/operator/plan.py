@@ -69,6 +69,17 @@ from modelyard.operator.monitoring import (
 from modelyard.operator.resolve import Failure, Resolution
 from modelyard.operator.resource import Canary, ModelDeploymentSpec
 from modelyard.operator.rollout import COMPLETE, FAILED, crashing, progress
+from modelyard.operator.router import (
+    build_router,
+    build_router_network_policy,
+    from_traffic,
+    router_children,
+    router_ready,
+    router_selector,
+    router_serving,
+    selects_router,
+    served_weight,
+)
 from modelyard.operator.settings import OperatorSettings
 
 HISTORY_LIMIT = 10
@@ -136,6 +147,12 @@ class Observed:
     router_weight: int | None = None
     #: What ``spec.rollout.shadow`` resolves to (None: no shadow, or not resolved).
     shadow: ModelVersion | None = None
+    #: The ModelDeployment's Service (``<name>``), the router's Deployment
+    #: (``<name>-router``) and the router's pods, as the watches delivered them: the
+    #: Service moves to the router once it is ready, and back before it goes.
+    service: Mapping[str, Any] | None = None
+    router_deployment: Mapping[str, Any] | None = None
+    router_pods: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass
@@ -561,7 +578,7 @@ class _Planner:
             credentials_secret=server_secret,
             drift_credentials_secret=drift_secret,
         )
-        self.plan.apply += [build_server_deployment(server), build_server_service(server)]
+        self.plan.apply.append(build_server_deployment(server))
         self.variants(server)
         if settings.network_policies:
             self.plan.apply.append(build_server_network_policy(server, settings.client_namespaces))
@@ -592,41 +609,71 @@ class _Planner:
 
     def variants(self, server: ServerPlan) -> None:
         """The candidate (``<name>-canary``) and shadow (``<name>-shadow``) Deployments
-        and Services beside the stable one, and the router's plan; removed when unused."""
-        name = self.name
+        and Services beside the stable one, the router in front of them and the
+        ModelDeployment's Service; removed when unused.
+
+        The order keeps every request answered: the variants' Services exist before the
+        router (nginx does not start with an upstream it cannot resolve), the Service
+        moves to the router only once it is ready, and when the rollout is over it moves
+        back to the stable pods first; the router goes once the watch shows it moved,
+        the variants once the router's pods (which may still send them requests) are
+        gone."""
+        name, observed = self.name, self.observed
         candidate = shadow = None
         if self.canary_run is not None:
             version, replicas = self.canary_run
             candidate = variant_plan(server, canary.candidate_name(name), version, replicas)
         shadow_spec = self.spec.rollout.shadow
-        if shadow_spec is not None and self.observed.shadow is not None:
+        if shadow_spec is not None and observed.shadow is not None:
             shadow = variant_plan(
                 server,
                 canary.shadow_name(name),
-                self.observed.shadow,
+                observed.shadow,
                 max(1, server.spec.server.desired_replicas),
             )
+        routed = self.rollout.get("strategy") == canary.CANARY and (
+            candidate is not None or self.rollout.get("phase") == canary.ABORTED
+        )
+        wanted = routed or shadow is not None
+        on_router = selects_router(observed.service, name)
+        router_up = observed.router_deployment is not None or any(
+            _running(pod, observed.now) for pod in observed.router_pods
+        )
+        leaving = not wanted and (on_router or router_up)
+        # Router pods still sending the candidate requests (promoted, with a shadow left,
+        # while they roll to a configuration without it) keep it.
+        served = served_weight(observed.router_deployment, observed.service, name)
+        kept = {canary.candidate_name(name)} if served != 0 else set()
         for variant, variant_name in (
             (candidate, canary.candidate_name(name)),
             (shadow, canary.shadow_name(name)),
         ):
             if variant is None:
-                self.plan.delete += [
-                    ChildRef("apps/v1", "Deployment", variant_name),
-                    ChildRef("v1", "Service", variant_name),
-                    ChildRef("networking.k8s.io/v1", "NetworkPolicy", variant_name),
-                ]
+                if variant_name in kept and not leaving:
+                    self.look_again(2.0)
+                elif not leaving:
+                    self.plan.delete += [
+                        ChildRef("apps/v1", "Deployment", variant_name),
+                        ChildRef("v1", "Service", variant_name),
+                        ChildRef("networking.k8s.io/v1", "NetworkPolicy", variant_name),
+                    ]
                 continue
             self.plan.apply += [build_server_deployment(variant), build_server_service(variant)]
             if self.settings.network_policies:
                 self.plan.apply.append(
                     build_server_network_policy(variant, self.settings.client_namespaces)
                 )
-        routed = self.rollout.get("strategy") == canary.CANARY and (
-            candidate is not None or self.rollout.get("phase") == canary.ABORTED
-        )
-        if not routed and shadow is None:
-            self.plan.delete.append(ChildRef("v1", "Service", canary.stable_service_name(name)))
+        service = build_server_service(server)
+        if not wanted:
+            self.plan.apply.append(service)  # the stable pods, first
+            if on_router:
+                self.look_again(2.0)  # the router goes once the watch shows the move
+            else:
+                self.plan.delete += [ChildRef(*ref) for ref in router_children(name)]
+            if router_up:
+                self.look_again(2.0)  # the variants go once the router's pods are gone
+            else:
+                self.plan.delete.append(ChildRef("v1", "Service", canary.stable_service_name(name)))
             return
         self.plan.apply.append(build_stable_service(server, canary.stable_service_name(name)))
         self.plan.traffic = canary.TrafficPlan(
@@ -637,6 +684,31 @@ class _Planner:
             shadow_service=canary.shadow_name(name) if shadow is not None else None,
             shadow_percent=shadow_spec.percent if shadow is not None and shadow_spec else 0,
         )
+        router_plan = from_traffic(
+            self.plan.traffic,
+            self.namespace,
+            image=self.settings.router_image,
+            image_pull_policy=self.settings.router_image_pull_policy,
+            cluster_domain=self.settings.cluster_domain,
+        )
+        self.plan.apply += build_router(router_plan)
+        if self.settings.network_policies:
+            policy = build_router_network_policy(router_plan, self.settings.client_namespaces)
+            self.plan.apply.append(policy)
+        else:
+            self.plan.delete.append(
+                ChildRef("networking.k8s.io/v1", "NetworkPolicy", router_plan.resource_name)
+            )
+        router = observed.router_deployment
+        if router_ready(router) or (on_router and router_serving(router)):
+            service["spec"]["selector"] = router_selector(name)
+        else:
+            self.look_again(2.0)  # the Service moves once the router is ready
+        self.plan.apply.append(service)
+
+    def look_again(self, seconds: float) -> None:
+        current = self.plan.requeue_after
+        self.plan.requeue_after = seconds if current is None else min(current, seconds)
 
     def credentials_secrets(self, monitored: bool) -> tuple[str | None, str | None]:
         """The Secrets the servers and the drift check take registry credentials from: the
@@ -712,6 +784,13 @@ class _Planner:
             "endpoints": c.server_endpoints(self.spec.model.name),
             "conditions": self.conditions,
         }
+
+
+def _running(pod: Mapping[str, Any], now: dt.datetime) -> bool:
+    """Whether a pod may still be answering: not deleted, or within its grace period (the
+    deletion timestamp is when the kubelet kills what is left)."""
+    deleted = parse_time((pod.get("metadata") or {}).get("deletionTimestamp"))
+    return deleted is None or deleted > now
 
 
 def _drift_prediction_log(spec: ModelDeploymentSpec, settings: OperatorSettings) -> str | None:

@@ -27,12 +27,14 @@ from modelyard.core import contracts as c
 from modelyard.core.contracts import deployed_tag_key, parse_window
 from modelyard.core.registry import RegistryError
 from modelyard.operator import conditions as cond
+from modelyard.operator.analysis import Measurement
 from modelyard.operator.approvals import Answer, Decision
 from modelyard.operator.canary import candidate_name
 from modelyard.operator.children import SERVER_APP, deployment_health
 from modelyard.operator.conditions import parse_time
 from modelyard.operator.credentials import RegistryAccounts
 from modelyard.operator.kube import ApplyFailed, ChildConflict, Kube
+from modelyard.operator.measure import Analyses, measuring
 from modelyard.operator.metrics import OperatorMetrics
 from modelyard.operator.monitoring import build_retrain_job
 from modelyard.operator.plan import Observed, Plan, plan_failure, plan_reconcile
@@ -55,6 +57,7 @@ from modelyard.operator.resource import (
     ModelDeploymentSpec,
     SpecError,
 )
+from modelyard.operator.router import ROUTER_APP, ROUTER_SUFFIX, served_weight
 from modelyard.operator.settings import OperatorSettings
 from modelyard.operator.store import ObjectStore
 
@@ -84,6 +87,8 @@ class Operator:
     kube: Kube | None = None
     #: The installation's registry users, when its registry has users.
     accounts: RegistryAccounts | None = None
+    #: The canaries' analysis measurements (a collector per canary in flight).
+    analyses: Analyses | None = None
     #: When the children were last applied regardless of their hash, by owner uid; the
     #: first such resync is a resync period after the start.
     _last_resync: dict[str, float] = field(default_factory=dict)
@@ -107,6 +112,10 @@ class Operator:
         if self.kube is None:
             self.kube = Kube(
                 self.api_client, self.store, self.settings.api_timeout, metrics=self.metrics
+            )
+        if self.analyses is None:
+            self.analyses = Analyses(
+                self.settings.prometheus_url, self.settings.prometheus_namespace_label
             )
         self.custom = client.CustomObjectsApi(self.api_client)
         self.policy = RegistryPolicy.from_settings(
@@ -228,7 +237,9 @@ def reconcile(op: Operator, key: Key) -> float | None:
     resolution = resolve_model(op.resolver, spec, namespace, live, op.policy)
     observed = observe_world(op, body)
     observed = dataclasses.replace(
-        observed, shadow=resolve_shadow(op.resolver, spec, resolution.target)
+        observed,
+        shadow=resolve_shadow(op.resolver, spec, resolution.target),
+        measurement=take_measurement(op, body, spec, observed),
     )
     plan = plan_reconcile(body, spec, resolution, op.settings, observed)
     if plan.failure is not None:
@@ -258,7 +269,7 @@ def reconcile(op: Operator, key: Key) -> float | None:
     for event in plan.events:
         op.event(body, event.type, event.reason, event.message)
     op.succeeded(key)
-    return _look_again(op, spec, plan)
+    return _look_again(op, spec, plan, _measure_in(op, key, plan, observed.now))
 
 
 def observe_world(op: Operator, body: Mapping[str, Any]) -> Observed:
@@ -285,6 +296,17 @@ def observe_world(op: Operator, body: Mapping[str, Any]) -> Observed:
             labels={c.LABEL_INSTANCE: candidate, c.LABEL_NAME: SERVER_APP},
         )
     )
+    service = op.store.get("Service", namespace, name)
+    router = op.store.get("Deployment", namespace, f"{name}{ROUTER_SUFFIX}")
+    router_pods = tuple(
+        op.store.items(
+            "Pod", namespace=namespace, labels={c.LABEL_INSTANCE: name, c.LABEL_NAME: ROUTER_APP}
+        )
+    )
+    weight = served_weight(router, service, name)
+    if weight is None:  # the router's pods move to a new configuration: as it was
+        rollout = (body.get("status") or {}).get("rollout") or {}
+        weight = int(rollout.get("actualWeight") or 0)
     return Observed(
         namespace_labels=dict((ns.get("metadata") or {}).get("labels") or {}),
         decisions=decisions,
@@ -293,13 +315,52 @@ def observe_world(op: Operator, body: Mapping[str, Any]) -> Observed:
         accounts=op.accounts,
         canary_deployment=op.store.get("Deployment", namespace, candidate),
         canary_pods=canary_pods,
+        router_weight=weight,
+        service=service,
+        router_deployment=router,
+        router_pods=router_pods,
     )
 
 
-def _look_again(op: Operator, spec: ModelDeploymentSpec, plan: Plan) -> float | None:
+def take_measurement(
+    op: Operator, body: Mapping[str, Any], spec: ModelDeploymentSpec, observed: Observed
+) -> Measurement | None:
+    """The canary's measurement of this analysis interval, when one is due (the only
+    network calls to the servers the operator makes: :mod:`~modelyard.operator.measure`)."""
+    assert op.analyses is not None
+    meta, status = body["metadata"], body.get("status") or {}
+    return op.analyses.measure(
+        str(meta["namespace"]),
+        str(meta["name"]),
+        spec.rollout.canary,
+        status.get("rollout") or {},
+        status.get("model") or {},
+        observed.pods,
+        observed.canary_pods,
+        observed.router_weight,
+        observed.now,
+    )
+
+
+def _measure_in(op: Operator, key: Key, plan: Plan, now: dt.datetime) -> float | None:
+    """Seconds until the canary's next measurement is due: at once when its step has just
+    begun (the scrape that starts its first interval), else at the interval's end."""
+    assert op.analyses is not None
+    due = op.analyses.due_in(*key, now)
+    if due is None and measuring(plan.status.get("rollout") or {}, None):
+        return 1.0
+    return due
+
+
+def _look_again(
+    op: Operator, spec: ModelDeploymentSpec, plan: Plan, measure_in: float | None = None
+) -> float | None:
     """A rollout in flight is looked at again even without an event (a version that never
-    gets ready sends none); so is a pending version that can expire."""
+    gets ready sends none); so is a pending version that can expire, and a canary's next
+    measurement."""
     waits = [plan.requeue_after] if plan.requeue_after else []
+    if measure_in is not None:
+        waits.append(measure_in)
     if plan.progressing is not None:
         waits.append(min(30.0, op.settings.resolve_interval))
     pending = plan.status.get("pending")
@@ -501,6 +562,8 @@ def release(op: Operator, body: Mapping[str, Any]) -> None:
     meta = body["metadata"]
     namespace, name = str(meta["namespace"]), str(meta["name"])
     op._last_resync.pop(str(meta.get("uid")), None)
+    if op.analyses is not None:
+        op.analyses.forget(namespace, name)
     if not (live.get("name") and live.get("version")) and not pending:
         return
     spec = ModelDeploymentSpec.parse(body.get("spec") or {})

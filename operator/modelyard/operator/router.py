@@ -36,12 +36,14 @@ How the configuration does what the router promises:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from modelyard.core import contracts as c
 from modelyard.core import pods
+from modelyard.operator.canary import TrafficPlan
+from modelyard.operator.children import client_ingress
 
 #: The app.kubernetes.io/name of router pods.
 ROUTER_APP = "modelyard-router"
@@ -56,6 +58,10 @@ DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
     "requests": {"cpu": "50m", "memory": "32Mi"},
     "limits": {"memory": "128Mi"},
 }
+
+#: On the router Deployment: the candidate weight its configuration serves, read back
+#: from the watch (:func:`served_weight`).
+WEIGHT_ANNOTATION = "modelyard.io/candidate-weight"
 
 #: The nginx upstream names of the variants.
 STABLE = "stable"
@@ -126,6 +132,81 @@ def router_selector(name: str) -> dict[str, str]:
     """The labels of ModelDeployment ``name``'s router pods: its Service selects these
     while the router is in front (and the server pods' selector otherwise)."""
     return {c.LABEL_NAME: ROUTER_APP, c.LABEL_INSTANCE: name}
+
+
+def from_traffic(
+    traffic: TrafficPlan,
+    namespace: str,
+    *,
+    image: str = c.ROUTER_IMAGE,
+    image_pull_policy: str = "IfNotPresent",
+    cluster_domain: str = "cluster.local",
+) -> RouterPlan:
+    """The router of the planner's :class:`~modelyard.operator.canary.TrafficPlan` (the
+    one place the two meet)."""
+    candidate = Backend(traffic.candidate_service) if traffic.candidate_service else None
+    shadow = Backend(traffic.shadow_service) if traffic.shadow_service else None
+    return RouterPlan(
+        name=traffic.service,
+        namespace=namespace,
+        stable=Backend(traffic.stable_service),
+        image=image,
+        image_pull_policy=image_pull_policy,
+        candidate=candidate,
+        candidate_weight=traffic.candidate_weight if candidate is not None else 0,
+        shadow=shadow,
+        shadow_percent=traffic.shadow_percent if shadow is not None else 0,
+        cluster_domain=cluster_domain,
+    )
+
+
+def selects_router(service: Mapping[str, Any] | None, name: str) -> bool:
+    """Whether ModelDeployment ``name``'s Service (as watched) sends its clients to the
+    router."""
+    selector = ((service or {}).get("spec") or {}).get("selector") or {}
+    return dict(selector) == router_selector(name)
+
+
+def _rolled_out(deployment: Mapping[str, Any]) -> bool:
+    """Every replica runs the Deployment's current template and is available."""
+    status = deployment.get("status") or {}
+    generation = int((deployment.get("metadata") or {}).get("generation") or 0)
+    wanted = int((deployment.get("spec") or {}).get("replicas") or 0)
+    return (
+        int(status.get("observedGeneration") or 0) >= generation
+        and int(status.get("updatedReplicas") or 0) == wanted
+        and int(status.get("availableReplicas") or 0) >= wanted
+        and int(status.get("replicas") or 0) == wanted
+    )
+
+
+def router_ready(deployment: Mapping[str, Any] | None) -> bool:
+    """Whether the router may take the clients: all its replicas available (a Service
+    moved to it before then would select nothing, or too little)."""
+    return deployment is not None and _rolled_out(deployment)
+
+
+def router_serving(deployment: Mapping[str, Any] | None) -> bool:
+    """Whether a router the clients already reach still answers (a pod available)."""
+    status = (deployment or {}).get("status") or {}
+    return deployment is not None and int(status.get("availableReplicas") or 0) > 0
+
+
+def served_weight(
+    deployment: Mapping[str, Any] | None, service: Mapping[str, Any] | None, name: str
+) -> int | None:
+    """The candidate's share the clients get now, from the watch: 0 while the Service
+    does not select the router; the weight of the router's configuration once every
+    router pod runs it; None while its pods move to a new configuration."""
+    if deployment is None or not selects_router(service, name):
+        return 0
+    if not _rolled_out(deployment):
+        return None
+    annotations = (deployment.get("metadata") or {}).get("annotations") or {}
+    try:
+        return int(annotations.get(WEIGHT_ANNOTATION, 0))
+    except ValueError:
+        return None
 
 
 def _percent(value: int) -> str:
@@ -299,10 +380,11 @@ def build_router_config_map(plan: RouterPlan) -> dict[str, Any]:
 def build_router_deployment(plan: RouterPlan) -> dict[str, Any]:
     conf = render_nginx_conf(plan)
     probe = {"httpGet": {"path": c.ROUTER_HEALTH_PATH, "port": "http"}}
+    weight = plan.candidate_weight if plan.candidate is not None else 0
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(plan),
+        "metadata": {**_meta(plan), "annotations": {WEIGHT_ANNOTATION: str(weight)}},
         "spec": {
             "replicas": plan.replicas,
             "selector": {"matchLabels": plan.selector},
@@ -363,6 +445,28 @@ def build_router_pdb(plan: RouterPlan) -> dict[str, Any]:
         "metadata": _meta(plan),
         "spec": {"minAvailable": 1, "selector": {"matchLabels": plan.selector}},
     }
+
+
+def build_router_network_policy(plan: RouterPlan, client_namespaces: list[str]) -> dict[str, Any]:
+    """The same callers as the servers' own NetworkPolicy admits, on the router's port."""
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _meta(plan),
+        "spec": client_ingress(plan.selector, plan.namespace, client_namespaces, c.ROUTER_PORT),
+    }
+
+
+def router_children(name: str) -> list[tuple[str, str, str]]:
+    """(apiVersion, kind, name) of ModelDeployment ``name``'s router children, in the
+    order to delete them (the ConfigMap its pods mount last)."""
+    resource = f"{name}{ROUTER_SUFFIX}"
+    return [
+        ("networking.k8s.io/v1", "NetworkPolicy", resource),
+        ("policy/v1", "PodDisruptionBudget", resource),
+        ("apps/v1", "Deployment", resource),
+        ("v1", "ConfigMap", resource),
+    ]
 
 
 def build_router(plan: RouterPlan) -> list[dict[str, Any]]:

@@ -63,6 +63,12 @@ class OperatorSettings(BaseModel):
     # MODELYARD_CANARY_SCALE_DOWN_DELAY: seconds an aborted canary keeps its pods at weight
     # 0 (finishing the requests it has) before they are removed.
     canary_scale_down_delay: float = Field(default=30.0, ge=0)
+    # MODELYARD_PROMETHEUS_URL: a Prometheus that scrapes the model servers; the canary
+    # analysis asks it (PromQL) instead of scraping the servers' pods itself.
+    prometheus_url: str = ""
+    # MODELYARD_PROMETHEUS_NAMESPACE_LABEL: the label Prometheus's scrape configuration
+    # puts a pod's namespace in (the servers' own series carry model name and version).
+    prometheus_namespace_label: str = "namespace"
     # MODELYARD_METRICS_PORT: port of the operator's Prometheus /metrics (0: not served).
     metrics_port: int = Field(default=8081, ge=0, le=65535)
 

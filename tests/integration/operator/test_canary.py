@@ -1,7 +1,9 @@
 """A Canary rollout by the real operator against a real API server and MLflow registry:
-the candidate Deployment beside the stable one, the status a person reads, and
-``modelyard rollout promote|abort|retry`` (no router or collector here: the weight is
-the one planned, and no analysis arrives, so the first step holds for it)."""
+the candidate Deployment beside the stable one, the router the Service moves to and back
+from, the status a person reads, and ``modelyard rollout promote|abort|retry``. No
+container runs here (the kubelet stand-in reports pods ready, with no IP): the router's
+pods are ready but nothing is scraped, so analysis is Inconclusive and the first step
+holds for it."""
 
 from __future__ import annotations
 
@@ -47,6 +49,12 @@ def exists(k8s: Cluster, name: str) -> bool:
             return False
         raise
     return True
+
+
+def service_app(k8s: Cluster) -> str:
+    """Which pods the ModelDeployment's Service sends clients to."""
+    selector = k8s.core.read_namespaced_service("churn", k8s.ns).spec.selector
+    return str(selector["app.kubernetes.io/name"])
 
 
 def rollout(k8s: Cluster, *args: str) -> str:
@@ -98,6 +106,9 @@ def test_the_candidate_runs_beside_the_stable_and_promote_makes_it_live(
     assert selector["app.kubernetes.io/instance"] == "churn-canary"
     stable = k8s.core.read_namespaced_service("churn-stable", k8s.ns).spec.selector
     assert stable["app.kubernetes.io/instance"] == "churn"
+    # The clients' Service selects the router, which is ready (the weight is reached).
+    assert service_app(k8s) == "modelyard-router"
+    assert k8s.deployment("churn-router").status.available_replicas == 2
     assert condition(md, "Progressing")["status"] == "True"
     row = cluster.run_kubectl("-n", k8s.ns, "get", "md", "churn").stdout.splitlines()
     at = row[0].index("WEIGHT")  # columns may be empty: read it under its header
@@ -113,6 +124,8 @@ def test_the_candidate_runs_beside_the_stable_and_promote_makes_it_live(
     assert k8s.env("churn")["MODELYARD_MODEL_URI"] == f"models:/{model.name}/2"
     wait_for("the canary to go", lambda: not exists(k8s, "churn-canary"))
     assert "Promoting: version 2 promoted by a person" in k8s.events("churn")
+    # The Service went back to the servers before the router was removed.
+    assert service_app(k8s) == "modelyard-server" and not exists(k8s, "churn-router")
 
 
 def test_abort_rolls_back_rejects_and_retry_starts_over(

@@ -23,6 +23,8 @@ NAMESPACED = {
         for group, resource in [
             ("apps", "deployments"),
             ("", "services"),
+            # The canary/shadow router's configuration.
+            ("", "configmaps"),
             ("autoscaling", "horizontalpodautoscalers"),
             ("policy", "poddisruptionbudgets"),
             ("batch", "cronjobs"),

@@ -87,6 +87,9 @@ def test_operator(default_objects: list[dict[str, Any]]) -> None:
     assert env["MODELYARD_TOOLKIT_IMAGE"] == "ghcr.io/modelyard/modelyard/toolkit:0.1.0"
     assert env["MODELYARD_ROUTER_IMAGE"] == "ghcr.io/modelyard/modelyard/router:0.1.0"
     assert env["MODELYARD_ROUTER_IMAGE_PULL_POLICY"] == "IfNotPresent"
+    # No Prometheus named: the canary analysis reads the servers' pods itself.
+    assert "MODELYARD_PROMETHEUS_URL" not in env
+    assert env["MODELYARD_PROMETHEUS_NAMESPACE_LABEL"] == "namespace"
     assert pod_spec(deployment)["serviceAccountName"] == OPERATOR
     service = one(default_objects, "Service", OPERATOR)
     assert service["spec"]["ports"][0]["port"] == 8080
@@ -102,9 +105,15 @@ def test_operator_settings_from_values() -> None:
         "image.server.tag=2.0.0",
         "--set",
         "operator.verbose=true",
+        "--set",
+        "operator.prometheus.url=http://prometheus.monitoring:9090",
+        "--set",
+        "operator.prometheus.namespaceLabel=kubernetes_namespace",
     )
     c = container(one(objects, "Deployment", OPERATOR))
     env = env_of(c)
+    assert env["MODELYARD_PROMETHEUS_URL"] == "http://prometheus.monitoring:9090"
+    assert env["MODELYARD_PROMETHEUS_NAMESPACE_LABEL"] == "kubernetes_namespace"
     assert env["MODELYARD_RESOLVE_INTERVAL"] == "5"
     assert env["MODELYARD_PREDICTION_LOG"] == "s3://logs/predictions"
     assert env["MODELYARD_SERVER_IMAGE"] == "ghcr.io/modelyard/modelyard/server:2.0.0"
