@@ -53,6 +53,7 @@ COMPONENT_CLIS = (
     ("modelyard.pipelines", "modelyard.pipelines.cli"),
     ("modelyard.pipelines", "modelyard.pipelines.drift.cli"),
     ("modelyard.pipelines", "modelyard.pipelines.registry_cli"),
+    ("modelyard.pipelines", "modelyard.pipelines.shadow_cli"),
 )
 
 

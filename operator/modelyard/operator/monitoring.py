@@ -18,6 +18,7 @@ from typing import Any
 
 from modelyard.core import contracts as c
 from modelyard.core import pods
+from modelyard.core.registry import ModelVersion
 from modelyard.operator.children import ServerPlan
 from modelyard.operator.resource import DriftMonitoring, Retrain
 
@@ -25,14 +26,25 @@ from modelyard.operator.resource import DriftMonitoring, Retrain
 DRIFT_CPU_REQUEST = "250m"
 # CronJob names are limited to 52 characters (the Job names get a suffix).
 CRONJOB_NAME_MAX = 52
+#: The shadow comparison holds one window of two versions' predictions (no features).
+SHADOW_COMPARE_MEMORY = "512Mi"
 
 
-def drift_cronjob_name(md_name: str) -> str:
-    name = f"{md_name}-drift"
+def _cronjob_name(md_name: str, suffix: str) -> str:
+    name = f"{md_name}-{suffix}"
     if len(name) <= CRONJOB_NAME_MAX:
         return name
     digest = hashlib.sha256(md_name.encode()).hexdigest()[:6]
-    return f"{md_name[: CRONJOB_NAME_MAX - 13].rstrip('-')}-{digest}-drift"
+    keep = CRONJOB_NAME_MAX - len(suffix) - 8
+    return f"{md_name[:keep].rstrip('-')}-{digest}-{suffix}"
+
+
+def drift_cronjob_name(md_name: str) -> str:
+    return _cronjob_name(md_name, "drift")
+
+
+def shadow_compare_cronjob_name(md_name: str) -> str:
+    return _cronjob_name(md_name, "shadow-compare")
 
 
 def drift_labels(md_name: str) -> dict[str, str]:
@@ -83,45 +95,128 @@ def build_drift_cronjob(
     image_pull_policy: str,
 ) -> dict[str, Any]:
     """The CronJob checking the served version's prediction log for drift."""
-    labels = drift_labels(plan.name)
+    return _registry_cronjob(
+        plan,
+        name=drift_cronjob_name(plan.name),
+        labels=drift_labels(plan.name),
+        container="drift",
+        args=drift_check_args(plan, drift, prediction_log),
+        resources=drift_resources(drift),
+        schedule=drift.schedule,
+        image=image,
+        image_pull_policy=image_pull_policy,
+        # The drift check loads the model too.
+        loads_model=True,
+    )
+
+
+def shadow_compare_labels(md_name: str) -> dict[str, str]:
+    return pods.app_labels("modelyard-shadow-compare", md_name, "shadow-compare")
+
+
+def shadow_compare_args(
+    plan: ServerPlan, shadow: ModelVersion, prediction_log: str, window: str
+) -> list[str]:
+    """``modelyard shadow compare`` of the live version and the shadow; the verdict goes
+    to MLflow (metrics, and a tag the operator reads into ``status.shadow``)."""
+    return [
+        "shadow",
+        "compare",
+        "--model",
+        plan.model.name,
+        "--stable",
+        str(plan.model.version),
+        "--shadow",
+        str(shadow.version),
+        "--prediction-log",
+        prediction_log,
+        "--window",
+        window,
+        "--log-to-mlflow",
+        "--deployment",
+        f"{plan.namespace}/{plan.name}",
+        "--json",
+    ]
+
+
+def build_shadow_compare_cronjob(
+    plan: ServerPlan,
+    shadow: ModelVersion,
+    *,
+    prediction_log: str,
+    schedule: str,
+    window: str,
+    image: str,
+    image_pull_policy: str,
+) -> dict[str, Any]:
+    """The CronJob comparing the shadow's logged answers with the live version's."""
+    return _registry_cronjob(
+        plan,
+        name=shadow_compare_cronjob_name(plan.name),
+        labels=shadow_compare_labels(plan.name),
+        container="compare",
+        args=shadow_compare_args(plan, shadow, prediction_log, window),
+        resources={
+            "requests": {"cpu": DRIFT_CPU_REQUEST, "memory": SHADOW_COMPARE_MEMORY},
+            "limits": {"memory": SHADOW_COMPARE_MEMORY},
+        },
+        schedule=schedule,
+        image=image,
+        image_pull_policy=image_pull_policy,
+        loads_model=False,
+    )
+
+
+def _registry_cronjob(
+    plan: ServerPlan,
+    *,
+    name: str,
+    labels: dict[str, str],
+    container: str,
+    args: list[str],
+    resources: dict[str, dict[str, str]],
+    schedule: str,
+    image: str,
+    image_pull_policy: str,
+    loads_model: bool,
+) -> dict[str, Any]:
+    """A CronJob of ``modelyard`` writing to the registry with the drift check's user: no
+    Kubernetes API access, exit codes 2 and 4 (bad input, nothing to check) not retried."""
     env: list[dict[str, Any]] = [
         {"name": c.TRACKING_URI_ENV, "value": plan.tracking_uri},
         {"name": "HOME", "value": "/tmp"},
         {"name": "MPLCONFIGDIR", "value": "/tmp/matplotlib"},
     ]
-    if plan.spec.server.allow_pickle:  # the drift check loads the model too
+    if loads_model and plan.spec.server.allow_pickle:
         env.append({"name": c.ServerEnv.ALLOW_PICKLE, "value": "true"})
     if plan.drift_credentials_secret is not None:
         env.extend(pods.credential_env(plan.drift_credentials_secret))
-    container: dict[str, Any] = {
-        "name": "drift",
-        "image": image,
-        "imagePullPolicy": image_pull_policy,
-        "command": ["modelyard"],
-        "args": drift_check_args(plan, drift, prediction_log),
-        "env": env,
-        "resources": drift_resources(drift),
-        "securityContext": pods.restricted_container_security_context(),
-        "volumeMounts": [pods.tmp_mount()],
-    }
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "securityContext": pods.restricted_pod_security_context(),
-        "containers": [container],
+        "containers": [
+            {
+                "name": container,
+                "image": image,
+                "imagePullPolicy": image_pull_policy,
+                "command": ["modelyard"],
+                "args": args,
+                "env": env,
+                "resources": resources,
+                "securityContext": pods.restricted_container_security_context(),
+                "volumeMounts": [pods.tmp_mount()],
+            }
+        ],
         "volumes": [pods.tmp_volume("2Gi")],
     }
     return {
         "apiVersion": "batch/v1",
         "kind": "CronJob",
-        "metadata": {
-            "name": drift_cronjob_name(plan.name),
-            "namespace": plan.namespace,
-            "labels": dict(labels),
-        },
+        "metadata": {"name": name, "namespace": plan.namespace, "labels": dict(labels)},
         "spec": {
-            "schedule": drift.schedule,
+            "schedule": schedule,
             "concurrencyPolicy": "Forbid",
             "startingDeadlineSeconds": 600,
             "successfulJobsHistoryLimit": 1,
@@ -136,7 +231,7 @@ def build_drift_cronjob(
                             {
                                 "action": "FailJob",
                                 "onExitCodes": {
-                                    "containerName": "drift",
+                                    "containerName": container,
                                     "operator": "In",
                                     "values": list(c.DRIFT_NO_RETRY_EXIT_CODES),
                                 },

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,8 +64,10 @@ from modelyard.operator.monitoring import (
     DriftResult,
     assess,
     build_drift_cronjob,
+    build_shadow_compare_cronjob,
     drift_cronjob_name,
     retrain_job_name,
+    shadow_compare_cronjob_name,
 )
 from modelyard.operator.resolve import Failure, Resolution
 from modelyard.operator.resource import Canary, ModelDeploymentSpec
@@ -86,6 +89,22 @@ HISTORY_LIMIT = 10
 #: Rejections the operator made, which ``modelyard rollout retry`` clears (never a
 #: person's: reason Rejected, or Expired).
 RETRYABLE = frozenset({"RolloutFailed", canary.ANALYSIS_FAILED, canary.ABORTED_BY_USER})
+#: What ``status.shadow.comparison`` shows of the tag (the CRD's schema lists the same).
+SHADOW_COMPARISON_KEYS = frozenset(
+    {
+        "stableVersion",
+        "status",
+        "kind",
+        "comparedRows",
+        "agreementRate",
+        "meanAbsDifference",
+        "stableLatencyP99Ms",
+        "shadowLatencyP99Ms",
+        "windowStart",
+        "windowEnd",
+        "runId",
+    }
+)
 # Reasons of a canary rolled back: Degraded only until its pods are scaled down.
 CANARY_ROLLBACKS = frozenset({canary.ANALYSIS_FAILED, canary.ABORTED_BY_USER, canary.STEP_REJECTED})
 DETAILS = ("by", "at", "comment", "reason")
@@ -565,7 +584,11 @@ class _Planner:
         spec, settings = self.spec, self.settings
         assert self.resolution.target is not None
         drift = spec.monitoring.drift
-        server_secret, drift_secret = self.credentials_secrets(drift is not None)
+        compare_log = spec.monitoring.prediction_log or settings.prediction_log
+        shadow = self.observed.shadow if spec.rollout.shadow is not None else None
+        # The shadow comparison checks the live version's answers against the shadow's.
+        compared = shadow is not None and bool(compare_log) and _same(target, self.current_live())
+        server_secret, drift_secret = self.credentials_secrets(drift is not None or compared)
         server = ServerPlan(
             name=self.name,
             namespace=self.namespace,
@@ -606,6 +629,23 @@ class _Planner:
             )
         elif drift is None or not drift_log:
             self.plan.delete.append(ChildRef("batch/v1", "CronJob", drift_cronjob_name(self.name)))
+        if compared:
+            assert shadow is not None and compare_log
+            self.plan.apply.append(
+                build_shadow_compare_cronjob(
+                    server,
+                    shadow,
+                    prediction_log=compare_log,
+                    schedule=settings.shadow_compare_schedule,
+                    window=settings.shadow_compare_window,
+                    image=settings.toolkit_image,
+                    image_pull_policy=settings.server_image_pull_policy,
+                )
+            )
+        elif shadow is None or not compare_log:
+            self.plan.delete.append(
+                ChildRef("batch/v1", "CronJob", shadow_compare_cronjob_name(self.name))
+            )
 
     def variants(self, server: ServerPlan) -> None:
         """The candidate (``<name>-canary``) and shadow (``<name>-shadow``) Deployments
@@ -735,6 +775,9 @@ class _Planner:
             )
         return names[0], names[1] if monitored else None
 
+    def shadow_status(self) -> dict[str, Any] | None:
+        return _shadow_status(self.spec, self.observed.shadow, self.namespace, self.name)
+
     def current_live(self) -> ModelVersion | None:
         if self.new_live is not None:
             return self.candidate
@@ -775,6 +818,7 @@ class _Planner:
             "observedGeneration": self.generation,
             "reference": self.spec.model.label,
             "drift": drift_status,
+            "shadow": self.shadow_status(),
             "model": model,
             "rollout": self.rollout or None,
             "pending": self.pending,
@@ -784,6 +828,30 @@ class _Planner:
             "endpoints": c.server_endpoints(self.spec.model.name),
             "conditions": self.conditions,
         }
+
+
+def _shadow_status(
+    spec: ModelDeploymentSpec, shadow: ModelVersion | None, namespace: str, name: str
+) -> dict[str, Any] | None:
+    """``status.shadow``: the version mirrored to, and the last comparison of its answers
+    with the live version's (the tag ``modelyard shadow compare`` writes on it)."""
+    wanted = spec.rollout.shadow
+    if wanted is None or shadow is None:
+        return None
+    status: dict[str, Any] = {
+        "version": shadow.version,
+        "reference": f"alias {wanted.alias}" if wanted.alias else f"version {wanted.version}",
+        "percent": wanted.percent,
+    }
+    raw = shadow.tags.get(c.ShadowTags.key(namespace, name))
+    if raw:
+        try:
+            found = json.loads(raw)
+        except ValueError:
+            found = None
+        if isinstance(found, dict):
+            status["comparison"] = {k: v for k, v in found.items() if k in SHADOW_COMPARISON_KEYS}
+    return status
 
 
 def _running(pod: Mapping[str, Any], now: dt.datetime) -> bool:

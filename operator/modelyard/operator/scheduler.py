@@ -1,8 +1,9 @@
 """One scheduler for all ModelDeployments, instead of a timer per resource.
 
 Every resolve interval it asks the registry once per distinct reference that can move
-(an alias or a stage; and a pinned version whose deployment watches drift, since the
-drift check reports through the version's tags), shared by every ModelDeployment that
+(an alias or a stage; a pinned version whose deployment watches drift, since the drift
+check reports through the version's tags; and a shadow's reference, which moves and gets
+its comparison as a tag), shared by every ModelDeployment that
 follows it, and queues only the ModelDeployments whose answer changed. An unchanged
 registry costs one read per distinct reference and nothing else: no Kubernetes request,
 no registry write.
@@ -55,12 +56,17 @@ def followed_references(op: Operator) -> dict[Group, list[Key]]:
             spec = ModelDeploymentSpec.parse(body.get("spec") or {})
         except SpecError:
             continue
-        ref = spec.model.to_reference()
-        if not ref.is_floating and spec.monitoring.drift is None:
-            continue  # a pinned version never moves
         target = registry_target(spec, namespace, op.policy)
-        if isinstance(target, RegistryTarget):
-            groups[(target, ref)].append((namespace, name))
+        if not isinstance(target, RegistryTarget):
+            continue
+        ref = spec.model.to_reference()
+        if ref.is_floating or spec.monitoring.drift is not None:
+            groups[(target, ref)].append((namespace, name))  # a pinned version never moves
+        shadow = spec.rollout.shadow
+        if shadow is not None:
+            # The shadow's alias moves, and its comparison arrives as a tag on it.
+            shadow_ref = ModelReference(spec.model.name, shadow.version, shadow.alias, None)
+            groups[(target, shadow_ref)].append((namespace, name))
     return groups
 
 

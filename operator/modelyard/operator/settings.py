@@ -69,6 +69,11 @@ class OperatorSettings(BaseModel):
     # MODELYARD_PROMETHEUS_NAMESPACE_LABEL: the label Prometheus's scrape configuration
     # puts a pod's namespace in (the servers' own series carry model name and version).
     prometheus_namespace_label: str = "namespace"
+    # MODELYARD_SHADOW_COMPARE_SCHEDULE: when the CronJob comparing a shadow's answers with
+    # the live version's runs (``modelyard shadow compare``; a cron expression).
+    shadow_compare_schedule: str = "*/10 * * * *"
+    # MODELYARD_SHADOW_COMPARE_WINDOW: how far back each comparison looks (90m, 24h, 7d).
+    shadow_compare_window: str = Field(default="1h", pattern=c.WINDOW_PATTERN)
     # MODELYARD_METRICS_PORT: port of the operator's Prometheus /metrics (0: not served).
     metrics_port: int = Field(default=8081, ge=0, le=65535)
 

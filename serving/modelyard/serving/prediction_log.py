@@ -61,6 +61,8 @@ class LoggedRequest:
     columns: dict[str, Array]
     predictions: Array
     n_rows: int
+    #: How long the server took to answer it (ms), logged as ``_latency_ms``.
+    latency_ms: float = 0.0
 
     @property
     def size(self) -> int:
@@ -105,6 +107,12 @@ def build_table(requests: Sequence[LoggedRequest], model_name: str, model_versio
     )
     data[c.LOG_REQUEST_ID_COLUMN] = pa.array(
         [r.request_id for r in requests for _ in range(r.n_rows)], type=pa.string()
+    )
+    data[c.LOG_ROW_COLUMN] = pa.array(
+        np.concatenate([np.arange(r.n_rows, dtype=np.int32) for r in requests])
+    )
+    data[c.LOG_LATENCY_COLUMN] = pa.array(
+        [r.latency_ms for r in requests for _ in range(r.n_rows)], type=pa.float32()
     )
     return pa.table(data)
 

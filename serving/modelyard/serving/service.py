@@ -281,6 +281,7 @@ class ServingRuntime:
         render: Renderer,
         request_id: str,
     ) -> Response:
+        started = time.perf_counter()
         body = await read_body(request, self.settings.max_body_bytes)
         media_type = request.headers.get("content-type", "application/json")
         media_type = media_type.split(";")[0].strip().lower()
@@ -298,7 +299,12 @@ class ServingRuntime:
             # Recorded before the answer is sent: an answered request is always logged.
             self.prediction_log.record(
                 LoggedRequest(
-                    request_id, utc_now(), model_input.columns, predictions, model_input.n_rows
+                    request_id,
+                    utc_now(),
+                    model_input.columns,
+                    predictions,
+                    model_input.n_rows,
+                    latency_ms=(time.perf_counter() - started) * 1000.0,
                 )
             )
         content = render(predictions, request_id)

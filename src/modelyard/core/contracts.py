@@ -261,6 +261,25 @@ class DriftTags:
     MAX_TEXT: Final = 1000
 
 
+class ShadowTags:
+    """What ``modelyard shadow compare`` writes: a JSON summary on the shadow version per
+    ModelDeployment (read by the operator into ``status.shadow``), tags on its own run."""
+
+    PREFIX: Final = "modelyard.io/shadow"
+    RUN_PREFIX: Final = "modelyard.shadow"
+    MODEL_NAME: Final = f"{RUN_PREFIX}.model_name"
+    STABLE_VERSION: Final = f"{RUN_PREFIX}.stable_version"
+    SHADOW_VERSION: Final = f"{RUN_PREFIX}.shadow_version"
+    WINDOW: Final = f"{RUN_PREFIX}.window"
+    #: The MLflow metric names (on the comparison's run, linked to the shadow version's
+    #: logged model when it has one).
+    METRIC_PREFIX: Final = "shadow"
+
+    @staticmethod
+    def key(namespace: str, name: str) -> str:
+        return f"{ShadowTags.PREFIX}/{namespace}/{name}"
+
+
 class RunTags:
     """Tags the training pipeline writes on its runs and model versions."""
 
@@ -331,6 +350,11 @@ LOG_MODEL_NAME_COLUMN: Final = "_model_name"
 LOG_MODEL_VERSION_COLUMN: Final = "_model_version"
 LOG_TIMESTAMP_COLUMN: Final = "_timestamp"
 LOG_REQUEST_ID_COLUMN: Final = "_request_id"
+#: The row's index within its request (0 for a one-row request): with the request id, the
+#: key that joins the rows two versions logged for the same mirrored request.
+LOG_ROW_COLUMN: Final = "_row"
+#: How long the server took to answer the request (body read, parse, predict), in ms.
+LOG_LATENCY_COLUMN: Final = "_latency_ms"
 #: The model's outputs: ``prediction``, or ``prediction_0``, ``prediction_1``, ...
 PREDICTION_COLUMN_PATTERN: Final = re.compile(r"^prediction(_\d+)?$")
 #: Under a prediction log's base: JSON lines recording rows a server had to drop.

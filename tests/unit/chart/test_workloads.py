@@ -90,6 +90,8 @@ def test_operator(default_objects: list[dict[str, Any]]) -> None:
     # No Prometheus named: the canary analysis reads the servers' pods itself.
     assert "MODELYARD_PROMETHEUS_URL" not in env
     assert env["MODELYARD_PROMETHEUS_NAMESPACE_LABEL"] == "namespace"
+    assert env["MODELYARD_SHADOW_COMPARE_SCHEDULE"] == "*/10 * * * *"
+    assert env["MODELYARD_SHADOW_COMPARE_WINDOW"] == "1h"
     assert pod_spec(deployment)["serviceAccountName"] == OPERATOR
     service = one(default_objects, "Service", OPERATOR)
     assert service["spec"]["ports"][0]["port"] == 8080

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from modelyard.core.contracts import ApprovalTags
+from modelyard.core.contracts import ApprovalTags, ShadowTags
 from modelyard.operator import canary as k
 from modelyard.operator.analysis import Criteria, VariantStats, judge
 from modelyard.operator.approvals import Decision
@@ -231,6 +231,52 @@ def test_a_shadow_runs_its_version_and_the_router_mirrors_to_it(registry: Regist
         ("Deployment", f"{NAME}-canary"),
         ("Service", f"{NAME}-stable"),
     }
+
+
+def test_a_shadow_is_compared_on_a_schedule_and_its_comparison_is_in_the_status(
+    registry: Registry,
+) -> None:
+    from modelyard.operator.resolve import resolve_shadow
+
+    spec = {
+        "model": {"name": "churn", "alias": "champion"},
+        "rollout": {"shadow": {"alias": "challenger", "percent": 20}},
+        "monitoring": {"predictionLog": "s3://lake/predictions"},
+    }
+    v1, v2 = registry.version(), registry.version()
+    registry.alias("champion", v1)
+    registry.alias("challenger", v2)
+    summary = '{"agreementRate": 0.93, "comparedRows": 410, "stableVersion": "1", "x": 1}'
+    registry.tag(v2, {ShadowTags.key(NS, NAME): summary})
+    status = live(registry, spec, v1)
+    ours = ModelDeploymentSpec.parse(spec)
+    resolver = Resolver(Registries(client.ApiClient(), timeout=2.0), interval=30)
+    target = resolve_model(resolver, ours, NS, {}, RegistryPolicy(registry.uri)).target
+    shadow = resolve_shadow(resolver, ours, target)
+
+    plan = decide(body(spec, status), registry.uri, deployment=serving(v1), shadow=shadow)
+
+    cronjob = next(m for m in plan.apply if m["kind"] == "CronJob")
+    assert cronjob["metadata"]["name"] == f"{NAME}-shadow-compare"
+    container = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert args[:2] == ["shadow", "compare"]
+    assert args[args.index("--stable") + 1] == str(v1)
+    assert args[args.index("--shadow") + 1] == str(v2)
+    assert args[args.index("--prediction-log") + 1] == "s3://lake/predictions"
+    assert args[args.index("--deployment") + 1] == f"{NS}/{NAME}"
+    assert plan.status["shadow"] == {
+        "version": v2,
+        "reference": "alias challenger",
+        "percent": 20,
+        # Only the documented keys of the tag reach the status.
+        "comparison": {"agreementRate": 0.93, "comparedRows": 410, "stableVersion": "1"},
+    }
+    # Without a prediction log there is nothing to compare: no CronJob.
+    unlogged = {k: v for k, v in spec.items() if k != "monitoring"}
+    plain = decide(body(unlogged, status), registry.uri, deployment=serving(v1), shadow=shadow)
+    assert not [m for m in plain.apply if m["kind"] == "CronJob"]
+    assert ("CronJob", f"{NAME}-shadow-compare") in {(r.kind, r.name) for r in plain.delete}
 
 
 def step_approval(decision: str, version: int, step: int, at: float) -> Decision:

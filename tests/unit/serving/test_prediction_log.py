@@ -29,6 +29,7 @@ def entry(request_id: str, at: datetime, xs: list[float], preds: list[int]) -> L
         columns={"x": np.array(xs), "city": np.array(["a"] * len(xs), dtype=object)},
         predictions=np.array(preds),
         n_rows=len(xs),
+        latency_ms=2.5,
     )
 
 
@@ -67,6 +68,9 @@ def test_rows_are_buffered_until_flush_then_written_by_day(tmp_path: Path) -> No
     rows = table.sort_by("x").to_pylist()
     assert [r["_request_id"] for r in rows] == ["r1", "r1", "r2"]
     assert [r["prediction"] for r in rows] == [0, 1, 1]
+    # The key that joins two versions' answers to one mirrored request, and its latency.
+    assert [(r["_request_id"], r["_row"]) for r in rows] == [("r1", 0), ("r1", 1), ("r2", 0)]
+    assert {r["_latency_ms"] for r in rows} == {2.5}
     assert {r["_model_name"] for r in rows} == {"fraud"}
     assert {r["_model_version"] for r in rows} == {"3"}
     assert rows[0]["_timestamp"] == DAY_1
@@ -203,9 +207,12 @@ def test_requests_with_different_columns_go_to_separate_files(tmp_path: Path) ->
     written = log.flush()
     assert len(written) == 2
     assert sorted(pq_columns(p) for p in written) == [
-        ["other", "prediction", "_model_name", "_model_version", "_timestamp", "_request_id"],
-        ["x", "city", "prediction", "_model_name", "_model_version", "_timestamp", "_request_id"],
+        ["other", "prediction", *BOOKKEEPING],
+        ["x", "city", "prediction", *BOOKKEEPING],
     ]
+
+
+BOOKKEEPING = ["_model_name", "_model_version", "_timestamp", "_request_id", "_row", "_latency_ms"]
 
 
 def pq_columns(path: str) -> list[str]:
