@@ -842,6 +842,8 @@ def _shadow_status(
         "version": shadow.version,
         "reference": f"alias {wanted.alias}" if wanted.alias else f"version {wanted.version}",
         "percent": wanted.percent,
+        # None removes an earlier version's comparison (the status is merge-patched).
+        "comparison": None,
     }
     raw = shadow.tags.get(c.ShadowTags.key(namespace, name))
     if raw:

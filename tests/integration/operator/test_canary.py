@@ -17,7 +17,7 @@ from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from modelyard.cli import app
-from modelyard.core.contracts import ApprovalTags
+from modelyard.core.contracts import ApprovalTags, ShadowTags
 from tests.integration.operator.test_operator import Cluster
 from tests.support.kube import condition, wait_for
 
@@ -165,3 +165,62 @@ def test_abort_rolls_back_rejects_and_retry_starts_over(
     assert exists(k8s, "churn-canary")
     tags = mlflow.get_model_version(model.name, "2").tags
     assert ApprovalTags.key(k8s.ns, "churn") not in tags
+
+
+def test_a_shadow_follows_its_alias_and_shows_its_comparison(
+    k8s: Cluster,
+    operator: Any,
+    kubelet: Any,
+    register_model: Callable[..., Any],
+    mlflow_server: Any,
+    cluster: Any,
+) -> None:
+    model = register_model(n=3)  # champion: version 1
+    mlflow = MlflowClient(mlflow_server.url)
+    mlflow.set_registered_model_alias(model.name, "challenger", "2")
+    k8s.create(
+        "churn",
+        {
+            "model": {"name": model.name, "alias": "champion"},
+            "registry": {"trackingUri": mlflow_server.url},
+            "rollout": {"shadow": {"alias": "challenger", "percent": 20}},
+            "monitoring": {"predictionLog": "s3://lake/predictions"},
+        },
+    )
+    md = k8s.wait_md(
+        "churn",
+        "the shadow",
+        lambda m: ((m.get("status") or {}).get("shadow") or {}).get("version"),
+    )
+    assert md["status"]["shadow"] == {"version": 2, "reference": "alias challenger", "percent": 20}
+    assert k8s.env("churn-shadow")["MODELYARD_MODEL_URI"] == f"models:/{model.name}/2"
+    compare = k8s.batch.read_namespaced_cron_job("churn-shadow-compare", k8s.ns)
+    args = compare.spec.job_template.spec.template.spec.containers[0].args
+    assert args[args.index("--shadow") + 1] == "2"
+
+    # What `modelyard shadow compare` writes arrives through the registry, unprompted.
+    summary = '{"agreementRate": 0.9375, "comparedRows": 96, "stableVersion": "1"}'
+    mlflow.set_model_version_tag(model.name, "2", ShadowTags.key(k8s.ns, "churn"), summary)
+    md = k8s.wait_md(
+        "churn",
+        "the comparison",
+        lambda m: ((m["status"].get("shadow") or {}).get("comparison") or {}).get("comparedRows"),
+    )
+    assert md["status"]["shadow"]["comparison"] == {
+        "agreementRate": 0.9375,
+        "comparedRows": 96,
+        "stableVersion": "1",
+    }
+    row = cluster.run_kubectl("-n", k8s.ns, "get", "md", "churn", "-o", "wide").stdout.splitlines()
+    assert row[1][row[0].index("AGREEMENT") :].split()[0] == "0.9375"
+
+    # The alias moves: the shadow follows within a resolve interval, with no comparison yet.
+    mlflow.set_registered_model_alias(model.name, "challenger", "3")
+    md = k8s.wait_md(
+        "churn", "the shadow to follow", lambda m: m["status"]["shadow"]["version"] == 3
+    )
+    assert "comparison" not in md["status"]["shadow"]  # version 2's is not version 3's
+    wait_for(
+        "the shadow Deployment to run version 3",
+        lambda: k8s.env("churn-shadow")["MODELYARD_MODEL_URI"] == f"models:/{model.name}/3",
+    )

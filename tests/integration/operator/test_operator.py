@@ -31,6 +31,7 @@ class Cluster(ModelDeployments):
         self.autoscaling = client.AutoscalingV2Api(api_client)
         self.policy = client.PolicyV1Api(api_client)
         self.networking = client.NetworkingV1Api(api_client)
+        self.batch = client.BatchV1Api(api_client)
 
     def deployment(self, name: str) -> client.V1Deployment:
         return self.apps.read_namespaced_deployment(name, self.ns)
