@@ -12,6 +12,24 @@ console = Console()
 error_console = Console(stderr=True)
 
 
+_TRACKING_DB = typer.Option(
+    "--backend-store-uri",
+    envvar="MODELYARD_BACKEND_STORE_URI",
+    help="The tracking database (sqlite:////path or postgresql+psycopg://host:port/db; "
+    "PostgreSQL's user and password from PGUSER/PGPASSWORD).",
+)
+_AUTH_DB = typer.Option(
+    "--auth-db-uri",
+    help="The auth database (users and permissions; database_uri of basic_auth.ini), "
+    "if the registry has users.",
+)
+_ARTIFACTS = typer.Option(
+    "--artifacts",
+    help="The artifacts directory (`mlflow server --artifacts-destination`: the models' "
+    "files), if on a volume.",
+)
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``registry`` command group to the top-level CLI."""
     from modelyard.core import contracts as c
@@ -103,6 +121,65 @@ def register(app: typer.Typer) -> None:
                 f" the database before is backed up at {report.backup}",
                 soft_wrap=True,
             )
+
+    @registry_app.command("backup")
+    def backup_command(
+        backend_store_uri: Annotated[str, _TRACKING_DB],
+        to: Annotated[
+            Path, typer.Option("--to", help="Directory the backup goes into, as registry-<time>/.")
+        ],
+        auth_db_uri: Annotated[str | None, _AUTH_DB] = None,
+        artifacts: Annotated[Path | None, _ARTIFACTS] = None,
+    ) -> None:
+        """Back up a registry: the tracking database (a consistent online copy of SQLite,
+        or pg_dump), the auth database and the artifacts, with a manifest. Safe while the
+        registry runs; restore with `modelyard registry restore`."""
+        from modelyard.pipelines import registry_migrate as m
+
+        try:
+            made = m.backup_registry(
+                backend_store_uri, to, auth_uri=auth_db_uri, artifacts=artifacts
+            )
+        except m.MigrationFailed as error:
+            error_console.print(f"[red]error:[/red] {error}", soft_wrap=True)
+            raise typer.Exit(1) from None
+        console.print(f"backed up the registry to {made}", soft_wrap=True)
+
+    @registry_app.command("restore")
+    def restore_command(
+        backup: Annotated[
+            Path, typer.Argument(help="A directory `modelyard registry backup` made.")
+        ],
+        backend_store_uri: Annotated[str, _TRACKING_DB],
+        auth_db_uri: Annotated[str | None, _AUTH_DB] = None,
+        artifacts: Annotated[Path | None, _ARTIFACTS] = None,
+        replace: Annotated[
+            bool,
+            typer.Option(
+                "--replace", help="Overwrite an existing database and artifacts directory."
+            ),
+        ] = False,
+    ) -> None:
+        """Restore a registry from a backup, with the registry stopped (scale the MLflow
+        Deployment to 0 first): its databases and artifacts are put back as they were."""
+        from modelyard.pipelines import registry_migrate as m
+
+        try:
+            manifest = m.restore_registry(
+                backup,
+                backend_store_uri,
+                auth_uri=auth_db_uri,
+                artifacts=artifacts,
+                replace=replace,
+            )
+        except m.MigrationFailed as error:
+            error_console.print(f"[red]error:[/red] {error}", soft_wrap=True)
+            raise typer.Exit(1) from None
+        console.print(
+            f"restored the registry from {backup} (made {manifest['created']}, schema"
+            f" {manifest['schema']})",
+            soft_wrap=True,
+        )
 
     @registry_app.command("grant")
     def grant_command(

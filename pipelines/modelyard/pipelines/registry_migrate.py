@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import shutil
 import sqlite3
@@ -85,10 +86,52 @@ def backup(uri: str, directory: Path, revision: str | None, now: dt.datetime) ->
     """A consistent copy of the tracking database in ``directory``; its path."""
     directory.mkdir(parents=True, exist_ok=True)
     stamp = now.astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    target = directory / f"mlflow-{revision}-{stamp}{_suffix(uri)}"
+    copy_database(uri, target)
+    return target
+
+
+def _scheme(uri: str) -> str:
     scheme = urlsplit(uri).scheme.split("+")[0]
-    if scheme == "sqlite":
-        target = directory / f"mlflow-{revision}-{stamp}.db"
-        partial = target.with_suffix(".db.partial")
+    if scheme in ("sqlite", "postgresql", "postgres"):
+        return "postgresql" if scheme == "postgres" else scheme
+    raise MigrationFailed(f"cannot back up a {scheme!r} database; supported: sqlite, postgresql")
+
+
+def _suffix(uri: str) -> str:
+    return ".db" if _scheme(uri) == "sqlite" else ".dump"
+
+
+def _pg_env(uri: str) -> tuple[dict[str, str], str]:
+    """libpq's environment for the connection ``uri`` names, and the database name. The
+    user name and password, if not in it, come from PGUSER/PGPASSWORD (the chart's
+    Secret), as for the server."""
+    parts = urlsplit(uri)
+    env = dict(os.environ)
+    if parts.hostname:
+        env["PGHOST"] = parts.hostname
+    if parts.port:
+        env["PGPORT"] = str(parts.port)
+    if parts.username:
+        env["PGUSER"] = unquote(parts.username)
+    if parts.password:
+        env["PGPASSWORD"] = unquote(parts.password)
+    return env, parts.path.lstrip("/")
+
+
+def _pg_tool(name: str) -> str:
+    found = shutil.which(name)
+    if found is None:
+        raise MigrationFailed(f"{name} is not installed (Debian: postgresql-client)")
+    return found
+
+
+def copy_database(uri: str, target: Path) -> None:
+    """A consistent copy of the database ``uri`` at ``target``: SQLite's online backup,
+    or ``pg_dump --format=custom``. Written under a temporary name and renamed: only a
+    complete copy carries the name."""
+    partial = target.with_name(target.name + ".partial")
+    if _scheme(uri) == "sqlite":
         source = sqlite3.connect(f"file:{_sqlite_path(uri)}?mode=ro", uri=True)
         try:
             copy = sqlite3.connect(partial)
@@ -97,31 +140,10 @@ def backup(uri: str, directory: Path, revision: str | None, now: dt.datetime) ->
             copy.close()
         finally:
             source.close()
-        partial.rename(target)  # only a complete copy carries the backup's name
-        return target
-    if scheme in ("postgresql", "postgres"):
-        pg_dump = shutil.which("pg_dump")
-        if pg_dump is None:
-            raise MigrationFailed(
-                "pg_dump is not installed: it backs PostgreSQL up before the migration"
-            )
-        parts = urlsplit(uri)
-        target = directory / f"mlflow-{revision}-{stamp}.dump"
-        partial = target.with_suffix(".dump.partial")
-        env = dict(os.environ)
-        # The connection the URI names; the user name and password, if not in it, come
-        # from PGUSER/PGPASSWORD (the chart's Secret), as for the server.
-        if parts.hostname:
-            env["PGHOST"] = parts.hostname
-        if parts.port:
-            env["PGPORT"] = str(parts.port)
-        if parts.username:
-            env["PGUSER"] = unquote(parts.username)
-        if parts.password:
-            env["PGPASSWORD"] = unquote(parts.password)
-        database = parts.path.lstrip("/")
+    else:
+        env, database = _pg_env(uri)
         done = subprocess.run(
-            [pg_dump, "--format=custom", f"--file={partial}", f"--dbname={database}"],
+            [_pg_tool("pg_dump"), "--format=custom", f"--file={partial}", f"--dbname={database}"],
             env=env,
             capture_output=True,
             text=True,
@@ -130,9 +152,119 @@ def backup(uri: str, directory: Path, revision: str | None, now: dt.datetime) ->
         if done.returncode != 0:
             partial.unlink(missing_ok=True)
             raise MigrationFailed(f"pg_dump failed: {redact_text(done.stderr.strip())[:500]}")
-        partial.rename(target)
-        return target
-    raise MigrationFailed(f"cannot back up a {scheme!r} database; supported: sqlite, postgresql")
+    partial.rename(target)
+
+
+def restore_database(copy: Path, uri: str, *, replace: bool) -> None:
+    """Put the copy made by :func:`copy_database` back as database ``uri``. An SQLite
+    file that exists is replaced only with ``replace``; PostgreSQL's objects are dropped
+    and recreated (``pg_restore --clean``) only with ``replace`` too."""
+    if _scheme(uri) == "sqlite":
+        path = _sqlite_path(uri)
+        if path.exists() and not replace:
+            raise MigrationFailed(
+                f"{path} exists: stop the registry and pass --replace to overwrite it"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        source = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
+        try:
+            target = sqlite3.connect(partial)
+            with target:
+                source.backup(target)
+            target.close()
+        finally:
+            source.close()
+        partial.replace(path)
+        return
+    env, database = _pg_env(uri)
+    command = [_pg_tool("pg_restore"), "--no-owner", "--exit-on-error", f"--dbname={database}"]
+    if replace:
+        command += ["--clean", "--if-exists"]
+    done = subprocess.run(
+        [*command, str(copy)], env=env, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise MigrationFailed(f"pg_restore failed: {redact_text(done.stderr.strip())[:500]}")
+
+
+BACKUP_MANIFEST = "backup.json"
+
+
+def backup_registry(
+    tracking_uri: str,
+    directory: Path,
+    *,
+    auth_uri: str | None,
+    artifacts: Path | None,
+    now: dt.datetime | None = None,
+) -> Path:
+    """Everything a registry is, copied into a new directory under ``directory``: the
+    tracking database, the auth database (users, permissions), the artifacts (the
+    models' files), and ``backup.json`` saying what is where and at which schema."""
+    stamp = (now or dt.datetime.now(dt.UTC)).astimezone(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    final = directory / f"registry-{stamp}"
+    if final.exists():
+        raise MigrationFailed(f"{final} exists already")
+    work = directory / f".registry-{stamp}.partial"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    revision, _, _ = schema_revisions(tracking_uri)
+    manifest: dict[str, object] = {
+        "created": stamp,
+        "schema": revision,
+        "tracking": f"tracking{_suffix(tracking_uri)}",
+    }
+    copy_database(tracking_uri, work / str(manifest["tracking"]))
+    if auth_uri:
+        manifest["auth"] = f"auth{_suffix(auth_uri)}"
+        copy_database(auth_uri, work / str(manifest["auth"]))
+    if artifacts is not None:
+        if not artifacts.is_dir():
+            raise MigrationFailed(f"the artifacts directory {artifacts} does not exist")
+        shutil.copytree(artifacts, work / "artifacts", symlinks=True)
+        manifest["artifacts"] = "artifacts"
+        manifest["artifactFiles"] = sum(1 for p in artifacts.rglob("*") if p.is_file())
+    (work / BACKUP_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+    work.rename(final)  # only a complete backup carries the name
+    return final
+
+
+def restore_registry(
+    backup_dir: Path,
+    tracking_uri: str,
+    *,
+    auth_uri: str | None,
+    artifacts: Path | None,
+    replace: bool,
+) -> dict[str, object]:
+    """Put a :func:`backup_registry` back; the registry must be stopped. Returns the
+    backup's manifest."""
+    try:
+        manifest = json.loads((backup_dir / BACKUP_MANIFEST).read_text())
+    except FileNotFoundError:
+        raise MigrationFailed(
+            f"{backup_dir} has no {BACKUP_MANIFEST}: not a backup of `modelyard registry backup`"
+        ) from None
+    if not isinstance(manifest, dict):
+        raise MigrationFailed(f"{backup_dir / BACKUP_MANIFEST} is not a backup manifest")
+    if (_suffix(tracking_uri) == ".db") != str(manifest["tracking"]).endswith(".db"):
+        raise MigrationFailed(
+            f"the backup holds {manifest['tracking']}, which cannot be restored into"
+            f" {_scheme(tracking_uri)} (restore into the kind of database it came from)"
+        )
+    if manifest.get("auth") and not auth_uri:
+        raise MigrationFailed("the backup holds the auth database: give --auth-db-uri")
+    if manifest.get("artifacts") and artifacts is None:
+        raise MigrationFailed("the backup holds the artifacts: give --artifacts")
+    restore_database(backup_dir / str(manifest["tracking"]), tracking_uri, replace=replace)
+    if manifest.get("auth") and auth_uri:
+        restore_database(backup_dir / str(manifest["auth"]), auth_uri, replace=replace)
+    if manifest.get("artifacts") and artifacts is not None:
+        if artifacts.exists() and any(artifacts.iterdir()) and not replace:
+            raise MigrationFailed(f"{artifacts} is not empty: pass --replace to overwrite it")
+        shutil.copytree(backup_dir / "artifacts", artifacts, symlinks=True, dirs_exist_ok=True)
+    return manifest
 
 
 def migrate(uri: str, backup_dir: Path | None, now: dt.datetime | None = None) -> MigrationReport:
