@@ -75,6 +75,20 @@ def test_the_operator_and_drift_users_tag_what_the_pipelines_registered(
     with as_user(RegistryUsers.ADMIN):
         tags = MlflowClient(auth_mlflow.url).get_model_version(model, "1").tags
     assert {tags["written-by.modelyard-operator"], tags["written-by.modelyard-drift"]} == {"yes"}
+    # The operator removes the tags it wrote (deployed, pending, rejection): MLflow ties
+    # that to MANAGE. The drift user only sets tags and cannot remove one.
+    drift = open_registry(
+        auth_mlflow.url, Credentials(RegistryUsers.DRIFT, PASSWORDS[RegistryUsers.DRIFT])
+    )
+    with pytest.raises(RegistryAccessDenied):
+        drift.delete_version_tag_if_present(model, 1, "written-by.modelyard-operator")
+    operator = open_registry(
+        auth_mlflow.url, Credentials(RegistryUsers.OPERATOR, PASSWORDS[RegistryUsers.OPERATOR])
+    )
+    operator.delete_version_tag_if_present(model, 1, "written-by.modelyard-operator")
+    with as_user(RegistryUsers.ADMIN):
+        tags = MlflowClient(auth_mlflow.url).get_model_version(model, "1").tags
+    assert "written-by.modelyard-operator" not in tags
 
 
 def test_a_model_registered_by_someone_else_is_not_taggable_until_granted(

@@ -85,30 +85,49 @@ def model_editors() -> list[str]:
     return [u for u in os.environ.get(MODEL_EDITORS_ENV, "").replace(",", " ").split() if u]
 
 
+#: MLflow's permissions from least to most.
+_RANK = {"NO_PERMISSIONS": 0, "READ": 1, "USE": 2, "EDIT": 3, "MANAGE": 4}
+
+
 def grant_model(
     tracking_uri: str,
     model: str,
     users: Iterable[str],
-    permission: str = "EDIT",
+    permission: str | None = None,
     resource_type: str = "registered_model",
 ) -> list[str]:
     """Grant ``permission`` on registered model ``model`` (or, with ``resource_type``
     "experiment", on that experiment id) to each user (MLflow's auth client, with the
     caller's credentials from the environment; the caller needs MANAGE on it, which its
-    creator has). Returns the users granted now (an existing grant is left as it is)."""
+    creator has). Without ``permission``: each user's ``RegistryUsers.MODEL_PERMISSIONS``
+    on a model, EDIT on an experiment. A lower grant made before is raised to it (an
+    upgrade from a release that granted less); an equal or higher one is left as it is.
+    Returns the users granted now."""
     from mlflow.exceptions import MlflowException
     from mlflow.server import get_app_client
 
     auth = get_app_client("basic-auth", tracking_uri=tracking_uri)
     granted = []
     for user in users:
+        wanted = permission or (
+            c.RegistryUsers.MODEL_PERMISSIONS.get(user, "EDIT")
+            if resource_type == "registered_model"
+            else "EDIT"
+        )
         try:
-            auth.grant_user_permission(user, resource_type, model, permission)
+            try:
+                auth.grant_user_permission(user, resource_type, model, wanted)
+            except MlflowException as error:
+                if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                held = auth.get_user_permission(user, resource_type, model).permission
+                if _RANK.get(held, 0) >= _RANK[wanted]:
+                    continue
+                auth.revoke_user_permission(user, resource_type, model)
+                auth.grant_user_permission(user, resource_type, model, wanted)
         except MlflowException as error:
-            if error.error_code == "RESOURCE_ALREADY_EXISTS":
-                continue
             raise AccountsError(
-                f"could not grant {permission} on {resource_type} {model!r} to {user}: "
+                f"could not grant {wanted} on {resource_type} {model!r} to {user}: "
                 f"{error.error_code} (the caller needs MANAGE on the model)"
             ) from None
         granted.append(user)

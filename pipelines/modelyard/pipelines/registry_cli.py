@@ -193,8 +193,14 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         permission: Annotated[
-            str, typer.Option("--permission", help="READ, USE, EDIT or MANAGE.")
-        ] = "EDIT",
+            str | None,
+            typer.Option(
+                "--permission",
+                help="READ, USE, EDIT or MANAGE; default: what the pipelines grant each "
+                "user (MANAGE to the operator, which removes the tags it wrote; EDIT to "
+                "the drift checks).",
+            ),
+        ] = None,
         tracking_uri: Annotated[
             str,
             typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="The registry."),
@@ -208,12 +214,23 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2)
         users = user or list(c.RegistryUsers.MODEL_EDITORS)
         try:
-            granted = accounts.grant_model(tracking_uri, model, users, permission.upper())
+            granted = accounts.grant_model(
+                tracking_uri, model, users, permission.upper() if permission else None
+            )
         except accounts.AccountsError as error:
             error_console.print(f"[red]error:[/red] {error}")
             raise typer.Exit(1) from None
         held = [u for u in users if u not in granted]
+
+        def what(u: str) -> str:
+            return (
+                permission.upper()
+                if permission
+                else c.RegistryUsers.MODEL_PERMISSIONS.get(u, "EDIT")
+            )
+
         console.print(
-            f"{permission.upper()} on {model!r}: granted to {', '.join(granted) or 'nobody new'}"
+            f"on {model!r}: granted "
+            + (", ".join(f"{what(u)} to {u}" for u in granted) or "nothing new")
             + (f"; already held by {', '.join(held)}" if held else "")
         )

@@ -484,7 +484,13 @@ def register_and_promote(
     if editors:  # a registry with users: the operator and drift checks may tag it
         granted = grant_model(ctx.settings.tracking_uri, name, editors)
         if granted:
-            logger.info("%s: granted EDIT to %s", name, ", ".join(granted))
+            logger.info(
+                "%s: granted %s",
+                name,
+                ", ".join(
+                    f"{u} {c.RegistryUsers.MODEL_PERMISSIONS.get(u, 'EDIT')}" for u in granted
+                ),
+            )
         # ...and the drift checks log their runs in the training run's experiment.
         writers = [u for u in editors if u in c.RegistryUsers.RUN_WRITERS]
         if writers:

@@ -162,8 +162,12 @@ class RegistryUsers:
     SERVER: Final = "modelyard-server"
     DRIFT: Final = "modelyard-drift"
     COMPONENTS: Final = (OPERATOR, PIPELINES, SERVER, DRIFT)
-    #: Users granted EDIT on every model the pipelines register.
+    #: Users granted a permission on every model the pipelines register.
     MODEL_EDITORS: Final = (OPERATOR, DRIFT)
+    #: Which permission: EDIT sets tags, but MLflow ties deleting a tag to deleting the
+    #: model (``can_delete``), so the operator, which removes the deployed, pending and
+    #: rejection tags it wrote, needs MANAGE; the drift check only sets tags.
+    MODEL_PERMISSIONS: Final = {OPERATOR: "MANAGE", DRIFT: "EDIT"}
     #: Of those, the users granted EDIT on the model's training experiment too: the drift
     #: checks log their runs beside the training run.
     RUN_WRITERS: Final = (DRIFT,)
