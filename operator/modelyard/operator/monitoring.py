@@ -74,6 +74,9 @@ def drift_check_args(plan: ServerPlan, drift: DriftMonitoring, prediction_log: s
         "--fail-on",
         "never",
         "--log-to-mlflow",
+        # The verdict is this deployment's alone (another may serve the same version).
+        "--deployment",
+        f"{plan.namespace}/{plan.name}",
         "--json",
     ]
 
@@ -272,7 +275,26 @@ class DriftResult:
     message: str
 
     @classmethod
-    def from_tags(cls, tags: Mapping[str, str]) -> DriftResult | None:
+    def from_tags(
+        cls, tags: Mapping[str, str], deployment: tuple[str, str] | None = None
+    ) -> DriftResult | None:
+        """The last check for ``deployment`` (its own ``modelyard.drift/<ns>/<name>.*``
+        tags), or the plain tags of a check run without one."""
+        if deployment is not None:
+            tags = {
+                key: tags[c.DriftTags.keyed(key, deployment)]
+                for key in (
+                    c.DriftTags.LAST_RUN_ID,
+                    c.DriftTags.LAST_DRIFTED_COLUMNS,
+                    c.DriftTags.LAST_SHARE,
+                    c.DriftTags.LAST_CHECKED,
+                    c.DriftTags.LAST_STATUS,
+                    c.DriftTags.LAST_DATASET_DRIFT,
+                    c.DriftTags.LAST_PREDICTION_DRIFT,
+                    c.DriftTags.LAST_MESSAGE,
+                )
+                if c.DriftTags.keyed(key, deployment) in tags
+            }
         run_id = tags.get(c.DriftTags.LAST_RUN_ID)
         if not run_id:
             return None

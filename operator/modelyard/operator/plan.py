@@ -584,7 +584,7 @@ class _Planner:
         spec, settings = self.spec, self.settings
         assert self.resolution.target is not None
         drift = spec.monitoring.drift
-        compare_log = spec.monitoring.prediction_log or settings.prediction_log
+        compare_log = _prediction_log(spec, settings, self.namespace, self.name)
         shadow = self.observed.shadow if spec.rollout.shadow is not None else None
         # The shadow comparison checks the live version's answers against the shadow's.
         compared = shadow is not None and bool(compare_log) and _same(target, self.current_live())
@@ -597,7 +597,7 @@ class _Planner:
             tracking_uri=self.resolution.target.tracking_uri,
             image=spec.server.image or settings.server_image,
             image_pull_policy=spec.server.image_pull_policy or settings.server_image_pull_policy,
-            prediction_log=spec.monitoring.prediction_log or settings.prediction_log,
+            prediction_log=_prediction_log(spec, settings, self.namespace, self.name),
             credentials_secret=server_secret,
             drift_credentials_secret=drift_secret,
         )
@@ -615,7 +615,7 @@ class _Planner:
                 self.plan.delete.append(ChildRef(api_version, kind, self.name))
             else:
                 self.plan.apply.append(manifest)
-        drift_log = _drift_prediction_log(spec, settings)
+        drift_log = _drift_prediction_log(spec, settings, self.namespace, self.name)
         if drift is not None and drift_log and _same(target, self.current_live()):
             # The drift CronJob checks the live version only.
             self.plan.apply.append(
@@ -809,7 +809,7 @@ class _Planner:
                 self.candidate,
                 self.old,
                 self.conditions,
-                _drift_prediction_log(self.spec, self.settings),
+                _drift_prediction_log(self.spec, self.settings, self.namespace, self.name),
             )
         elif self.spec.monitoring.drift is None:
             self.conditions = [x for x in self.conditions if x.get("type") != cond.DATA_DRIFT]
@@ -863,11 +863,26 @@ def _running(pod: Mapping[str, Any], now: dt.datetime) -> bool:
     return deleted is None or deleted > now
 
 
-def _drift_prediction_log(spec: ModelDeploymentSpec, settings: OperatorSettings) -> str | None:
+def _prediction_log(
+    spec: ModelDeploymentSpec, settings: OperatorSettings, namespace: str, name: str
+) -> str | None:
+    """Where this deployment's servers log: ``spec.monitoring.predictionLog``, or the
+    operator-wide ``MODELYARD_PREDICTION_LOG`` under ``<namespace>/<name>/``, so two
+    deployments serving one version never share (or check) each other's traffic."""
+    if spec.monitoring.prediction_log:
+        return spec.monitoring.prediction_log
+    if settings.prediction_log:
+        return c.deployment_prediction_log(settings.prediction_log, namespace, name)
+    return None
+
+
+def _drift_prediction_log(
+    spec: ModelDeploymentSpec, settings: OperatorSettings, namespace: str, name: str
+) -> str | None:
     drift = spec.monitoring.drift
     if drift is None:
         return None
-    return drift.prediction_log or spec.monitoring.prediction_log or settings.prediction_log
+    return drift.prediction_log or _prediction_log(spec, settings, namespace, name)
 
 
 def _drift(
@@ -895,7 +910,7 @@ def _drift(
         )
         return conditions, None, None
     previous = old.get("drift")
-    result = DriftResult.from_tags(version.tags)
+    result = DriftResult.from_tags(version.tags, (str(meta["namespace"]), str(meta["name"])))
     assessment = assess(result, previous, version.version, drift)
     drift_status = dict(assessment.status)
     retrain: RetrainIntent | None = None

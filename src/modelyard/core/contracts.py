@@ -263,6 +263,18 @@ class DriftTags:
     WINDOW: Final = f"{PREFIX}.window"
     #: MLflow limits tag values; the free-text ones are cut to this length.
     MAX_TEXT: Final = 1000
+    #: On the check's run: the ModelDeployment (``namespace/name``) it checked for.
+    DEPLOYMENT: Final = f"{PREFIX}.deployment"
+
+    @staticmethod
+    def keyed(key: str, deployment: tuple[str, str] | None) -> str:
+        """A ``last_*`` tag of one ModelDeployment's checks (``modelyard.drift/<namespace>/
+        <name>.last_status``): two deployments serving one version keep their own verdicts.
+        Without a deployment (a check run by hand), the plain key."""
+        if deployment is None:
+            return key
+        namespace, name = deployment
+        return key.replace(f"{DriftTags.PREFIX}.", f"{DriftTags.PREFIX}/{namespace}/{name}.", 1)
 
 
 class ShadowTags:
@@ -363,6 +375,11 @@ LOG_LATENCY_COLUMN: Final = "_latency_ms"
 PREDICTION_COLUMN_PATTERN: Final = re.compile(r"^prediction(_\d+)?$")
 #: Under a prediction log's base: JSON lines recording rows a server had to drop.
 PREDICTION_LOG_DROPPED_DIR: Final = "_dropped"
+
+
+def deployment_prediction_log(base: str, namespace: str, name: str) -> str:
+    """The operator-wide log's base for one ModelDeployment: ``{base}/{namespace}/{name}``."""
+    return f"{base.rstrip('/')}/{namespace}/{name}"
 
 
 def prediction_log_partition(base: str, model_name: str, version: str, day: dt.date) -> str:

@@ -188,8 +188,11 @@ def decide(
     labels: dict[str, str] | None = None,
     now: dt.datetime = NOW,
     accounts: RegistryAccounts | None = None,
+    prediction_log: str | None = None,
 ) -> tuple[Plan, Resolver]:
-    ours = OperatorSettings(default_tracking_uri=registry_uri, resolve_interval=30)
+    ours = OperatorSettings(
+        default_tracking_uri=registry_uri, resolve_interval=30, prediction_log=prediction_log
+    )
     resolver = Resolver(Registries(client.ApiClient(), timeout=2.0), interval=30)
     spec = ModelDeploymentSpec.parse(obj["spec"])
     live = (obj.get("status") or {}).get("model") or {}
@@ -645,23 +648,64 @@ def test_drift_found_by_the_check_starts_one_retraining_job(registry: Registry) 
         },
     }
     status = live(registry, spec, v1)
-    registry.tag(
-        v1,
-        {
-            DriftTags.LAST_CHECKED: "2026-12-01T09:00:00Z",
-            DriftTags.LAST_STATUS: "ok",
-            DriftTags.LAST_DATASET_DRIFT: "true",
-            DriftTags.LAST_DRIFTED_COLUMNS: "age,plan",
-            DriftTags.LAST_SHARE: "0.6",
-            DriftTags.LAST_RUN_ID: "drift-run-1",
-        },
-    )
+
+    def found_drift(deployment: tuple[str, str] | None) -> None:
+        registry.tag(
+            v1,
+            {
+                DriftTags.keyed(key, deployment): value
+                for key, value in {
+                    DriftTags.LAST_CHECKED: "2026-12-01T09:00:00Z",
+                    DriftTags.LAST_STATUS: "ok",
+                    DriftTags.LAST_DATASET_DRIFT: "true",
+                    DriftTags.LAST_DRIFTED_COLUMNS: "age,plan",
+                    DriftTags.LAST_SHARE: "0.6",
+                    DriftTags.LAST_RUN_ID: "drift-run-1",
+                }.items()
+            },
+        )
+
+    # Another deployment of the same version (staging) drifted, or a check by hand: not ours.
+    found_drift(("staging", NAME))
+    found_drift(None)
+    quiet, _ = decide(body(spec, status), registry.uri, deployment=serving(v1))
+    assert condition(quiet, "DataDrift")["status"] != "True"
+    assert quiet.retrain is None
+    found_drift((NS, NAME))
     plan, _ = decide(body(spec, status), registry.uri, deployment=serving(v1))
     drift = condition(plan, "DataDrift")
     assert (drift["status"], drift["reason"]) == ("True", "DriftDetected")
     assert "age, plan" in drift["message"]
     assert plan.retrain is not None and plan.retrain.cron_job_name == "train-churn"
     assert any(m["kind"] == "CronJob" for m in plan.apply)
+
+
+def test_the_operator_wide_prediction_log_is_split_per_deployment(registry: Registry) -> None:
+    v1 = registry.version()
+    registry.alias("champion", v1)
+    spec = {**ALIAS, "monitoring": {"drift": {"schedule": "0 * * * *"}}}
+    status = live(registry, spec, v1)
+    plan, _ = decide(
+        body(spec, status),
+        registry.uri,
+        deployment=serving(v1),
+        prediction_log="s3://lake/predictions/",
+    )
+    container = applied(plan, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    # Two deployments serving one version never share a partition, nor check each other's.
+    assert env["MODELYARD_PREDICTION_LOG"] == f"s3://lake/predictions/{NS}/{NAME}"
+    drift = applied(plan, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    args = drift["containers"][0]["args"]
+    assert args[args.index("--prediction-log") + 1] == f"s3://lake/predictions/{NS}/{NAME}"
+    assert args[args.index("--deployment") + 1] == f"{NS}/{NAME}"
+    # A log the spec names is used as it is.
+    own = {**ALIAS, "monitoring": {"predictionLog": "file:///mine"}}
+    plan, _ = decide(body(own), registry.uri, prediction_log="s3://lake/predictions")
+    container = applied(plan, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    assert {e["name"]: e.get("value") for e in container["env"]}[
+        "MODELYARD_PREDICTION_LOG"
+    ] == "file:///mine"
 
 
 # --------------------------------------------------------------- registry credentials

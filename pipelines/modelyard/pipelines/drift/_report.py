@@ -97,6 +97,7 @@ def log_drift_report(
     model_version: str,
     html: str | None = None,
     window: str | None = None,
+    deployment: tuple[str, str] | None = None,
 ) -> LoggedDriftReport:
     """Log the check as its own run, in the experiment of the version's training run.
 
@@ -132,6 +133,8 @@ def log_drift_report(
     }
     if window:
         tags[c.DriftTags.WINDOW] = window
+    if deployment is not None:
+        tags[c.DriftTags.DEPLOYMENT] = "/".join(deployment)
     run = client.create_run(
         experiment_id, run_name=f"drift-{model_name}-v{number}-{stamp}", tags=tags
     )
@@ -164,20 +167,25 @@ def log_drift_report(
     # The run id goes last: a reader that sees the new id sees the other tags of that
     # check (MLflow sets one tag per request).
     version_tags = {
-        c.DriftTags.LAST_CHECKED: stamp,
-        c.DriftTags.LAST_STATUS: summary.status.value,
-        c.DriftTags.LAST_DATASET_DRIFT: str(summary.dataset_drift).lower(),
-        # Tag values are limited (5000 characters in MLflow's store); keep it short.
-        c.DriftTags.LAST_DRIFTED_COLUMNS: ",".join(summary.drifted_columns)[: c.DriftTags.MAX_TEXT],
-        # What the operator records in the ModelDeployment's status (docs/drift.md).
-        c.DriftTags.LAST_PREDICTION_DRIFT: str(summary.prediction_drift).lower(),
-        c.DriftTags.LAST_SHARE: (
-            ""
-            if summary.share_of_drifted_columns is None
-            else f"{summary.share_of_drifted_columns:.6g}"
-        ),
-        c.DriftTags.LAST_MESSAGE: summary.message[: c.DriftTags.MAX_TEXT],
-        c.DriftTags.LAST_RUN_ID: run_id,
+        c.DriftTags.keyed(key, deployment): value
+        for key, value in {
+            c.DriftTags.LAST_CHECKED: stamp,
+            c.DriftTags.LAST_STATUS: summary.status.value,
+            c.DriftTags.LAST_DATASET_DRIFT: str(summary.dataset_drift).lower(),
+            # Tag values are limited (5000 characters in MLflow's store); keep it short.
+            c.DriftTags.LAST_DRIFTED_COLUMNS: ",".join(summary.drifted_columns)[
+                : c.DriftTags.MAX_TEXT
+            ],
+            # What the operator records in the ModelDeployment's status (docs/drift.md).
+            c.DriftTags.LAST_PREDICTION_DRIFT: str(summary.prediction_drift).lower(),
+            c.DriftTags.LAST_SHARE: (
+                ""
+                if summary.share_of_drifted_columns is None
+                else f"{summary.share_of_drifted_columns:.6g}"
+            ),
+            c.DriftTags.LAST_MESSAGE: summary.message[: c.DriftTags.MAX_TEXT],
+            c.DriftTags.LAST_RUN_ID: run_id,
+        }.items()
     }
     registry = registry_for(tracking_uri)
     try:

@@ -61,6 +61,17 @@ def _parse_moment(value: str | None, option: str) -> datetime | None:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
 
 
+def _deployment(value: str | None) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    namespace, _, name = value.partition("/")
+    if not namespace or not name or "/" in name:
+        raise typer.BadParameter(
+            f"{value!r} is not NAMESPACE/NAME of a ModelDeployment", param_hint="--deployment"
+        )
+    return namespace, name
+
+
 def window_length(value: str) -> timedelta:
     """``90m``, ``24h``, ``7d``: the length of the window a CronJob checks."""
     try:
@@ -229,6 +240,15 @@ def register(app: typer.Typer) -> None:
                 "The drift CronJob passes half its memory limit.",
             ),
         ] = DRIFT_MEMORY_BUDGET,
+        deployment: Annotated[
+            str | None,
+            typer.Option(
+                help="NAMESPACE/NAME of the ModelDeployment checked for: with "
+                "--log-to-mlflow the verdict is tagged for it alone "
+                "(modelyard.drift/NAMESPACE/NAME.last_*), so deployments serving one "
+                "version keep their own."
+            ),
+        ] = None,
     ) -> None:
         """Check current data against the reference with Evidently's DataDriftPreset tests.
 
@@ -237,6 +257,7 @@ def register(app: typer.Typer) -> None:
         console = Console()
         errors = Console(stderr=True)
         budget_bytes = memory_budget(budget)
+        target = _deployment(deployment)
         try:
             # Libraries (MLflow's run links) print to stdout; keep it for the result alone.
             with contextlib.redirect_stdout(sys.stderr):
@@ -256,6 +277,7 @@ def register(app: typer.Typer) -> None:
                     html_sample_rows=html_sample_rows,
                     memory_budget=budget_bytes,
                     console=errors,
+                    deployment=target,
                 )
         except _InputError as exc:
             errors.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True, highlight=False)
@@ -291,6 +313,7 @@ def _run_check(
     html_sample_rows: int,
     memory_budget: int,
     console: Console,
+    deployment: tuple[str, str] | None = None,
 ) -> DriftSummary:
     import pyarrow as pa
 
@@ -369,6 +392,7 @@ def _run_check(
             model_version=version,
             html=html,
             window=window,
+            deployment=deployment,
         )
         console.print(f"logged to MLflow run {logged.run_id} ({logged.artifact_uri})")
     return summary
