@@ -40,6 +40,7 @@ from modelyard.core.redaction import redact_text
 from modelyard.serving import v2
 from modelyard.serving.batching import BatchShed, PredictionBatcher
 from modelyard.serving.bento_api import describe_apis, invocations_specs, predict_specs
+from modelyard.serving.connections import ConnectionAge
 from modelyard.serving.metrics import ServerMetrics
 from modelyard.serving.model import ServedModel, predictions_to_json
 from modelyard.serving.payload import (
@@ -51,7 +52,7 @@ from modelyard.serving.payload import (
     parse_scoring_payload,
 )
 from modelyard.serving.prediction_log import LoggedRequest, PredictionLog, utc_now
-from modelyard.serving.settings import ServerSettings
+from modelyard.serving.settings import ServerSettings, max_connection_age
 
 logger = logging.getLogger(__name__)
 
@@ -450,3 +451,8 @@ class ModelServer:
     def close(self) -> None:
         logger.info("shutting down: flushing the prediction log")
         self.runtime.close()
+
+
+# Keep-alive clients reconnect now and then, so the Service places them afresh: on new
+# replicas, and on a canary's router once it fronts the servers (serving.connections).
+cast(Any, ModelServer).add_asgi_middleware(ConnectionAge, max_age=max_connection_age())

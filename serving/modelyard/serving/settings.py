@@ -72,3 +72,26 @@ class ServerSettings(BaseModel, frozen=True):
             return cls.model_validate(values)
         except ValidationError as exc:
             raise SettingsError(f"invalid model server settings: {exc}") from exc
+
+
+def max_connection_age(environ: Mapping[str, str] | None = None) -> float:
+    """``MODELYARD_MAX_CONNECTION_AGE``: seconds a keep-alive connection is used before
+    the server closes it (0: never; :mod:`modelyard.serving.connections`). Read apart
+    from :class:`ServerSettings` because the middleware is set up when the service
+    class is defined, before any model is known."""
+    from modelyard.serving.connections import DEFAULT_MAX_AGE
+
+    env = os.environ if environ is None else environ
+    raw = env.get(ServerEnv.MAX_CONNECTION_AGE, "")
+    if not raw:
+        return DEFAULT_MAX_AGE
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise SettingsError(
+            f"{ServerEnv.MAX_CONNECTION_AGE} must be a number of seconds >= 0 (0: never), "
+            f"got {raw!r}"
+        )
+    return value
