@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 _FLUENT = threading.Lock()
+_TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
 
 
 @dataclass(frozen=True)
@@ -38,16 +39,25 @@ class Registered:
 
 @contextmanager
 def mlflow_uri(tracking_uri: str) -> Iterator[None]:
-    """MLflow's fluent API (``models:/`` loaders) pointed at ``tracking_uri`` for a while."""
+    """MLflow's fluent API (``models:/`` loaders) pointed at ``tracking_uri`` for a while.
+
+    ``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` in the environment
+    (for subprocesses); that is put back too, or a later test's ``modelyard`` subprocess
+    would log to the default URI left there instead of its own ``--home``."""
     import mlflow
 
     with _FLUENT:
         previous = mlflow.get_tracking_uri()
+        environment = os.environ.get(_TRACKING_URI_ENV)
         mlflow.set_tracking_uri(tracking_uri)
         try:
             yield
         finally:
             mlflow.set_tracking_uri(previous)
+            if environment is None:
+                os.environ.pop(_TRACKING_URI_ENV, None)
+            else:
+                os.environ[_TRACKING_URI_ENV] = environment
 
 
 @contextmanager
