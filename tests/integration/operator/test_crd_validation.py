@@ -246,6 +246,8 @@ def test_kubectl_get_shows_the_printer_columns(
         "PENDING",
         "ROLLING",
         "WEIGHT",
+        "SHADOW",
+        "AGREEMENT",
         "READY",
         "REASON",
         "URL",

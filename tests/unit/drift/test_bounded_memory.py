@@ -227,7 +227,10 @@ def test_the_window_is_never_concatenated_in_memory(
     result = json.loads(out.stdout.strip().splitlines()[-1])
 
     assert result == {"arrow_peak": result["arrow_peak"], "rows": len(logged), "status": "ok"}
-    assert result["arrow_peak"] < window_bytes / 4, (result["arrow_peak"], window_bytes)
+    # Concatenating would take the whole window at least; reading a few columns a batch
+    # at a time stays well under half of it (the peak varies with the reading threads:
+    # 0.22 to 0.27 of the window here).
+    assert result["arrow_peak"] < window_bytes / 2, (result["arrow_peak"], window_bytes)
 
 
 def test_a_sample_of_parquet_is_the_sample_of_the_same_table(
