@@ -126,20 +126,25 @@ def _pg_tool(name: str) -> str:
     return found
 
 
+def _sqlite_backup(source_path: Path, target_path: Path) -> None:
+    """SQLite's online backup of ``source_path`` (opened read-only) into ``target_path``."""
+    source = sqlite3.connect(f"file:{source_path}?mode=ro", uri=True)
+    try:
+        target = sqlite3.connect(target_path)
+        with target:
+            source.backup(target)
+        target.close()
+    finally:
+        source.close()
+
+
 def copy_database(uri: str, target: Path) -> None:
     """A consistent copy of the database ``uri`` at ``target``: SQLite's online backup,
     or ``pg_dump --format=custom``. Written under a temporary name and renamed: only a
     complete copy carries the name."""
     partial = target.with_name(target.name + ".partial")
     if _scheme(uri) == "sqlite":
-        source = sqlite3.connect(f"file:{_sqlite_path(uri)}?mode=ro", uri=True)
-        try:
-            copy = sqlite3.connect(partial)
-            with copy:
-                source.backup(copy)
-            copy.close()
-        finally:
-            source.close()
+        _sqlite_backup(_sqlite_path(uri), partial)
     else:
         env, database = _pg_env(uri)
         done = subprocess.run(
@@ -167,14 +172,7 @@ def restore_database(copy: Path, uri: str, *, replace: bool) -> None:
             )
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.name + ".partial")
-        source = sqlite3.connect(f"file:{copy}?mode=ro", uri=True)
-        try:
-            target = sqlite3.connect(partial)
-            with target:
-                source.backup(target)
-            target.close()
-        finally:
-            source.close()
+        _sqlite_backup(copy, partial)
         partial.replace(path)
         return
     env, database = _pg_env(uri)

@@ -19,18 +19,22 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from modelyard.core.contracts import TRACKING_URI_ENV, DriftExit, ServerEnv, parse_window
+from modelyard.core.contracts import (
+    TRACKING_URI_ENV,
+    DriftExit,
+    ServerEnv,
+    parse_deployment,
+    parse_window,
+)
 
 
 def _deployment(value: str | None) -> tuple[str, str] | None:
     if value is None:
         return None
-    namespace, _, name = value.partition("/")
-    if not namespace or not name or "/" in name:
-        raise typer.BadParameter(
-            f"{value!r} is not NAMESPACE/NAME of a ModelDeployment", param_hint="--deployment"
-        )
-    return namespace, name
+    try:
+        return parse_deployment(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--deployment") from None
 
 
 def _version(tracking_uri: str | None, model: str, version: str, option: str) -> str:

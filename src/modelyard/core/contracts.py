@@ -411,6 +411,15 @@ _WINDOW = re.compile(WINDOW_PATTERN)
 _WINDOW_UNITS: Final = {"m": "minutes", "h": "hours", "d": "days"}
 
 
+def parse_deployment(text: str) -> tuple[str, str]:
+    """``team-a/churn`` -> (namespace, name) of a ModelDeployment; raises ValueError that
+    says what is expected (``--deployment`` of the drift check and the shadow comparison)."""
+    namespace, _, name = text.partition("/")
+    if not namespace or not name or "/" in name:
+        raise ValueError(f"{text!r} is not NAMESPACE/NAME of a ModelDeployment")
+    return namespace, name
+
+
 def parse_window(text: str) -> dt.timedelta:
     """``90m`` -> 90 minutes; raises ValueError that says what a window looks like."""
     if not _WINDOW.match(text):

@@ -33,6 +33,7 @@ from modelyard.core.contracts import (
     TRACKING_URI_ENV,
     DriftExit,
     ServerEnv,
+    parse_deployment,
     parse_memory,
     parse_window,
 )
@@ -64,12 +65,10 @@ def _parse_moment(value: str | None, option: str) -> datetime | None:
 def _deployment(value: str | None) -> tuple[str, str] | None:
     if value is None:
         return None
-    namespace, _, name = value.partition("/")
-    if not namespace or not name or "/" in name:
-        raise typer.BadParameter(
-            f"{value!r} is not NAMESPACE/NAME of a ModelDeployment", param_hint="--deployment"
-        )
-    return namespace, name
+    try:
+        return parse_deployment(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--deployment") from None
 
 
 def window_length(value: str) -> timedelta:
