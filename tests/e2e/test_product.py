@@ -488,7 +488,7 @@ for c in numeric:  # a shift no drift test can miss
 current.to_parquet("/tmp/current.parquet")
 done = subprocess.run(["modelyard", "drift", "check", "--model", "{model}",
     "--version", "{version}", "--current", "/tmp/current.parquet", "--log-to-mlflow",
-    "--fail-on", "column", "--json"], capture_output=True, text=True)
+    "--fail-on", "column", "--json", *{deployment}], capture_output=True, text=True)
 print(json.dumps({{"exit": done.returncode, "shifted": numeric,
                   "summary": json.loads(done.stdout), "stderr": done.stderr[-2000:]}}))
 """
@@ -502,7 +502,7 @@ def test_drift_check_runs_in_the_cluster_and_its_report_exists(
         node_cluster,
         release,
         toolkit_image,
-        DRIFT_SCRIPT.format(model=MODEL, version=version, shift=2),
+        DRIFT_SCRIPT.format(model=MODEL, version=version, shift=2, deployment=[]),
         env={"MLFLOW_TRACKING_URI": f"http://{RELEASE}-modelyard-mlflow.{release}.svc:5000"},
         registry_user=RegistryUsers.DRIFT,
         timeout=600,
@@ -596,7 +596,11 @@ def test_the_production_loop_with_a_person_in_it(
     out = run_pod(
         # Most feature columns shift: dataset drift (at least half of them drifted).
         node_cluster, release, toolkit_image,
-        DRIFT_SCRIPT.format(model=MODEL, version=first, shift=100),
+        # As the operator's own CronJob runs it: the verdict is this deployment's.
+        DRIFT_SCRIPT.format(
+            model=MODEL, version=first, shift=100,
+            deployment=["--deployment", f"{release}/{PRODUCTION}"],
+        ),
         env={"MLFLOW_TRACKING_URI": f"http://{RELEASE}-modelyard-mlflow.{release}.svc:5000"},
         registry_user=RegistryUsers.DRIFT,
         timeout=600,

@@ -291,6 +291,7 @@ class _Planner:
         annotations = dict(meta.get("annotations") or {})
         self.annotations = {str(k_): str(v) for k_, v in annotations.items()}
         self.retried = self.old.get("retried")
+        self.rejected: dict[str, Any] | None = self.old.get("rejected") or None
         #: The candidate Deployment to run (its version and replicas) and its weight.
         self.canary_run: tuple[ModelVersion, int] | None = None
         self.canary_weight = 0
@@ -341,6 +342,7 @@ class _Planner:
     def change(self) -> ModelVersion | None:
         """The reference resolves to another version: the gate, then the rollout."""
         self.retry()
+        self.remember_rejection()
         candidate = self.candidate
         in_flight = (self.rollout.get("name"), self.rollout.get("version")) == (
             candidate.name,
@@ -392,6 +394,14 @@ class _Planner:
                 self.namespace, self.name, c.ApprovalTags.REJECTED, by, self.now, why, reason
             ),
         )
+        self.rejected = {
+            "name": candidate.name,
+            "version": candidate.version,
+            "reason": reason,
+            "message": why[: c.DriftTags.MAX_TEXT],
+            "by": by,
+            "at": self.now,
+        }
         self.approved(False, REJECTED, f"version {candidate.version} failed: {message}")
         return message
 
@@ -405,6 +415,8 @@ class _Planner:
         self.retried = asked
         if self.rollout.get("version") == self.candidate.version:
             self.rollout = {}
+        if self._rejected_here(self.candidate):
+            self.rejected = None
         key = c.ApprovalTags.key(self.namespace, self.name)
         tags = dict(self.candidate.tags)
         reason = tags.get(c.ApprovalTags.detail(self.namespace, self.name, "reason"))
@@ -423,6 +435,34 @@ class _Planner:
                 "RolloutRetried",
                 f"version {self.candidate.version} is tried again (it was rejected: {reason})",
             )
+
+    def _rejected_here(self, version: ModelVersion) -> bool:
+        record = self.rejected or {}
+        return (record.get("name"), record.get("version")) == (version.name, version.version)
+
+    def remember_rejection(self) -> None:
+        """A version this operator rolled back stays rejected even when the registry tag
+        that says so could not be written (the registry was down, a permission was
+        missing): ``status.rejected`` keeps it, and the tag is written again until it
+        holds. Without this, the next pass would find no tag and start the same failed
+        rollout over, again and again."""
+        candidate, record = self.candidate, self.rejected or {}
+        if not self._rejected_here(candidate) or self.rollout.get("version") == candidate.version:
+            return
+        key = c.ApprovalTags.key(self.namespace, self.name)
+        if candidate.tags.get(key) == c.ApprovalTags.REJECTED:
+            return
+        written = decision_tags(
+            self.namespace,
+            self.name,
+            c.ApprovalTags.REJECTED,
+            str(record.get("by") or ""),
+            str(record.get("at") or self.now),
+            str(record.get("message") or ""),
+            str(record.get("reason") or "RolloutFailed"),
+        )
+        self.tag(candidate, written)
+        self.candidate = dataclasses.replace(candidate, tags={**candidate.tags, **written})
 
     def start_rollout(self, judgment: Judgment) -> None:
         candidate = self.candidate
@@ -824,6 +864,7 @@ class _Planner:
             "pending": self.pending,
             "history": self.history,
             "retried": self.retried,
+            "rejected": self.rejected,
             "url": server_url(self.name, self.namespace, self.settings.cluster_domain),
             "endpoints": c.server_endpoints(self.spec.model.name),
             "conditions": self.conditions,

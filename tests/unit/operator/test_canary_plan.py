@@ -152,6 +152,47 @@ def test_failed_analysis_rolls_back_rejects_and_retry_starts_over(registry: Regi
     assert ApprovalTags.key(NS, NAME) not in registry.tags(v2)
 
 
+def test_a_rejection_whose_tag_was_never_written_is_kept_and_the_tag_written_again(
+    registry: Registry,
+) -> None:
+    """The registry refused the rejection tag (down, or a permission missing): the
+    status keeps the rejection, the canary is not started over, the tag is asked again."""
+    status, v2 = started(registry)
+    plan = decide(body(CANARY, status), registry.uri, deployment=serving(1, 4))
+    for at in (5, 40, 70):
+        plan = decide(
+            body(CANARY, plan.status),
+            registry.uri,
+            at,
+            deployment=serving(1, 4),
+            canary_deployment=serving(v2, 1),
+            measurement=bad(at) if at > 5 else None,
+        )
+    assert plan.status["rejected"]["version"] == v2
+    assert plan.status["rejected"]["reason"] == "AnalysisFailed"
+    # The tags of this plan are lost: registry.write(plan) is never called.
+    gone = decide(body(CANARY, plan.status), registry.uri, 101, deployment=serving(1, 4))
+    assert gone.status["rollout"] is None
+    for at in (200, 300):
+        again = decide(body(CANARY, gone.status), registry.uri, at, deployment=serving(1, 4))
+        assert f"{NAME}-canary" not in deployments(again) and again.status["rollout"] is None
+        assert condition(again, "Approved")["reason"] == "Rejected"
+        asked = {t.key: t.value for t in again.tags if t.version == v2}
+        assert asked[ApprovalTags.key(NS, NAME)] == ApprovalTags.REJECTED
+        assert asked[ApprovalTags.detail(NS, NAME, "reason")] == "AnalysisFailed"
+        gone = again
+    registry.write(again)
+    settled = decide(body(CANARY, again.status), registry.uri, 400, deployment=serving(1, 4))
+    assert [t for t in settled.tags if t.version == v2] == []  # written: nothing more to ask
+    assert condition(settled, "Approved")["reason"] == "Rejected"
+
+    # modelyard rollout retry clears the record as well as the tag.
+    retried = body(CANARY, settled.status)
+    retried["metadata"]["annotations"] = {k.RETRY_ANNOTATION: "2026-12-01T10:05:00Z"}
+    plan = decide(retried, registry.uri, 500, deployment=serving(1, 4))
+    assert f"{NAME}-canary" in deployments(plan) and plan.status["rejected"] is None
+
+
 def test_retry_never_clears_a_persons_rejection(registry: Registry) -> None:
     status, v2 = started(registry)
     registry.tag(
