@@ -5,6 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 from mlflow import MlflowClient
+from mlflow.server import get_app_client
 
 from modelyard.core.contracts import RegistryUsers
 from modelyard.core.registry import Credentials, RegistryAccessDenied, open_registry
@@ -107,3 +108,31 @@ def test_a_model_registered_by_someone_else_is_not_taggable_until_granted(
         ]
         assert grant_model(auth_mlflow.url, model, [RegistryUsers.OPERATOR]) == []  # idempotent
     operator.set_version_tag(model, 1, "k", "v")
+
+
+def test_the_owner_grants_again_at_every_retrain_without_being_an_admin(
+    auth_mlflow: AuthMlflow,
+) -> None:
+    """The pipelines' user (the model's owner, not an admin) may not read another user's
+    grant; granting again (the next training of the same model) still succeeds, keeps
+    what each user holds, and raises a lower grant of the operator's to MANAGE."""
+    model = _registered(auth_mlflow)
+    with as_user(RegistryUsers.PIPELINES):
+        grant_model(auth_mlflow.url, model, RegistryUsers.MODEL_EDITORS)  # it raised here
+    with as_user(RegistryUsers.ADMIN):
+        auth = get_app_client("basic-auth", tracking_uri=auth_mlflow.url)
+        held = {
+            u: auth.get_user_permission(u, "registered_model", model).permission
+            for u in RegistryUsers.MODEL_EDITORS
+        }
+        assert held == RegistryUsers.MODEL_PERMISSIONS, held
+        # As an older release granted it: the operator with EDIT only.
+        auth.revoke_user_permission(RegistryUsers.OPERATOR, "registered_model", model)
+        auth.grant_user_permission(RegistryUsers.OPERATOR, "registered_model", model, "EDIT")
+    with as_user(RegistryUsers.PIPELINES):
+        grant_model(auth_mlflow.url, model, RegistryUsers.MODEL_EDITORS)
+    with as_user(RegistryUsers.ADMIN):
+        raised = auth.get_user_permission(
+            RegistryUsers.OPERATOR, "registered_model", model
+        ).permission
+    assert raised == "MANAGE"

@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from modelyard.core import contracts as c
 
@@ -87,6 +88,19 @@ def model_editors() -> list[str]:
 
 #: MLflow's permissions from least to most.
 _RANK = {"NO_PERMISSIONS": 0, "READ": 1, "USE": 2, "EDIT": 3, "MANAGE": 4}
+_TOP = "MANAGE"
+
+
+def _held(auth: Any, user: str, resource_type: str, model: str) -> str | None:
+    """``user``'s permission on the resource, or None when the caller may not read it."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(auth.get_user_permission(user, resource_type, model).permission)
+    except MlflowException as error:
+        if error.error_code == "PERMISSION_DENIED":
+            return None
+        raise
 
 
 def grant_model(
@@ -120,8 +134,15 @@ def grant_model(
             except MlflowException as error:
                 if error.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
-                held = auth.get_user_permission(user, resource_type, model).permission
-                if _RANK.get(held, 0) >= _RANK[wanted]:
+                held = _held(auth, user, resource_type, model)
+                if held is None:
+                    # Only an admin may read another user's grant; a pipeline (the
+                    # model's owner, not an admin) cannot tell what is held. The top
+                    # permission can be set again without lowering anything; a lower
+                    # one is left as it is (never risk lowering a higher grant).
+                    if wanted != _TOP:
+                        continue
+                elif _RANK.get(held, 0) >= _RANK[wanted]:
                     continue
                 auth.revoke_user_permission(user, resource_type, model)
                 auth.grant_user_permission(user, resource_type, model, wanted)
