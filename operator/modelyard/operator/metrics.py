@@ -18,7 +18,7 @@ class OperatorMetrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.reconciles = Counter(
             "modelyard_operator_reconciles_total",
-            "ModelDeployment reconciles, by outcome (ok, failed, error).",
+            "ModelDeployment reconciles, by outcome (ok, retry: asked to come back later, error).",
             ["outcome"],
             registry=self.registry,
         )
