@@ -16,6 +16,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import random
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -31,8 +33,10 @@ from modelyard.operator.scheduler import Periodic
 
 logger = logging.getLogger(__name__)
 
-#: Read-modify-write attempts on the ConfigMap when others write it at the same time.
-WRITE_ATTEMPTS = 5
+#: Read-modify-write attempts on the ConfigMap when others write it at the same time,
+#: each after a random pause growing with the attempt (seconds, at most).
+WRITE_ATTEMPTS = 10
+WRITE_BACKOFF = 0.1
 
 
 class LeftTag(BaseModel):
@@ -169,7 +173,9 @@ class LeftoverTags:
         return {key: parse_records(value) for key, value in sorted(data.items())}
 
     def update(self, change: Callable[[Mapping[str, str]], dict[str, str]]) -> None:
-        for _ in range(WRITE_ATTEMPTS):
+        for attempt in range(WRITE_ATTEMPTS):
+            if attempt:
+                time.sleep(random.uniform(0, WRITE_BACKOFF * attempt))
             found = self._read()
             before = dict((found.data or {}) if found is not None else {})
             after = change(before)
