@@ -31,7 +31,15 @@ from modelyard.operator.children import SERVER_APP
 from modelyard.operator.crds import ensure_crds
 from modelyard.operator.credentials import ensure_accounts
 from modelyard.operator.events import post_event
-from modelyard.operator.reconcile import Key, Operator, release, run_reconcile, write_answer
+from modelyard.operator.leftovers import LeftoverTags, LeftTags, Sweeper
+from modelyard.operator.reconcile import (
+    Key,
+    Operator,
+    registry_tags,
+    release,
+    run_reconcile,
+    write_answer,
+)
 from modelyard.operator.resource import (
     APPROVAL_KIND,
     APPROVAL_PLURAL,
@@ -124,9 +132,15 @@ def configure(
         op, queue.add, interval=ours.resolve_interval, parallelism=ours.reconcile_workers
     )
     memo.operator, memo.queue, memo.scheduler = op, queue, scheduler
+    memo.leftovers, memo.sweeper = None, None
+    if ours.leftover_tags_ref is not None:
+        memo.leftovers = LeftoverTags(api_client, *ours.leftover_tags_ref, ours.api_timeout)
+        memo.sweeper = Sweeper(op, memo.leftovers, interval=ours.leftover_sweep_interval)
     op.metrics.queue_depth.set_function(lambda: len(queue))
     queue.start()
     scheduler.start()
+    if memo.sweeper is not None:
+        memo.sweeper.start()
     if ours.metrics_port:
         port = op.metrics.serve(ours.metrics_port)
         logger.info("metrics at http://0.0.0.0:%d/metrics", port)
@@ -143,6 +157,8 @@ def configure(
 @kopf.on.cleanup()
 def shut_down(*, memo: kopf.Memo, **_: Any) -> None:
     memo.scheduler.stop()
+    if memo.get("sweeper") is not None:
+        memo.sweeper.stop()
     memo.queue.stop()
     memo.operator.close()
 
@@ -311,7 +327,24 @@ def on_delete(
             ) from error
         message = (
             f"gave up removing the registry tag after {DELETE_ATTEMPTS} attempts ({error}); "
-            "the deletion goes on"
+            f"the deletion goes on{_record_left(memo.get('leftovers'), op, dict(body), logger)}"
         )
         logger.warning(message)
         op.event(dict(body), "Warning", "RegistryTagLeft", message)
+
+
+def _record_left(
+    leftovers: LeftoverTags | None, op: Operator, body: dict[str, Any], logger: kopf.Logger
+) -> str:
+    """Record the tags a deletion leaves for the sweep; what the message says of it."""
+    if leftovers is None:
+        return " (MODELYARD_LEFTOVER_TAGS is not set: the tag stays)"
+    try:
+        found = registry_tags(op, body)
+        if found is None:
+            return ""
+        leftovers.record(LeftTags.of(body, *found))
+    except Exception as error:  # the deletion goes on regardless
+        logger.error("could not record the registry tag left behind: %s", error)
+        return f" (and it could not be recorded for a later sweep: {error})"
+    return f"; recorded in ConfigMap {leftovers.ref}, a periodic sweep removes it later"

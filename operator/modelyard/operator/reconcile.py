@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -42,6 +42,7 @@ from modelyard.operator.resolve import (
     Failure,
     Registries,
     RegistryPolicy,
+    RegistryTarget,
     Resolver,
     registry_target,
     resolve_model,
@@ -552,31 +553,62 @@ def observe(plan: Plan, deployment: Mapping[str, Any] | None, generation: int) -
     return {**status, "conditions": conditions}
 
 
-def release(op: Operator, body: Mapping[str, Any]) -> None:
-    """On deletion: remove the registry tag of the live version, and the pending state of
-    a version awaiting approval (nothing may say a deleted deployment waits for it). The
-    children go with their owner references. Raises what kept it from the registry."""
+class VersionTag(NamedTuple):
+    """One registry tag a ModelDeployment put on a model version."""
+
+    model: str
+    version: int
+    key: str
+
+
+def registry_tags(
+    op: Operator, body: Mapping[str, Any]
+) -> tuple[RegistryTarget, list[VersionTag]] | None:
+    """The registry tags a ModelDeployment holds, and where: the live version's deployed
+    tag and the approval tag of a version awaiting approval. None: it holds none. Raises
+    SpecError when its spec no longer names a registry the operator may use."""
     status = body.get("status") or {}
     live = status.get("model") or {}
     pending = status.get("pending") or {}
     meta = body["metadata"]
     namespace, name = str(meta["namespace"]), str(meta["name"])
-    op._last_resync.pop(str(meta.get("uid")), None)
-    if op.analyses is not None:
-        op.analyses.forget(namespace, name)
-    if not (live.get("name") and live.get("version")) and not pending:
-        return
+    if not (live.get("name") and live.get("version")) and not pending.get("version"):
+        return None
     spec = ModelDeploymentSpec.parse(body.get("spec") or {})
     target = registry_target(spec, namespace, op.policy)
     if isinstance(target, Failure):
         raise SpecError(target.message)
-    assert op.registries is not None
-    registry = op.registries.client(target)
+    tags = []
     if live.get("name") and live.get("version"):
-        registry.delete_version_tag_if_present(
-            str(live["name"]), int(live["version"]), deployed_tag_key(namespace, name)
+        tags.append(
+            VersionTag(str(live["name"]), int(live["version"]), deployed_tag_key(namespace, name))
         )
     if pending.get("version"):
-        registry.delete_version_tag_if_present(
-            spec.model.name, int(pending["version"]), c.ApprovalTags.key(namespace, name)
+        tags.append(
+            VersionTag(
+                spec.model.name, int(pending["version"]), c.ApprovalTags.key(namespace, name)
+            )
         )
+    return target, tags
+
+
+def remove_tags(op: Operator, target: RegistryTarget, tags: list[VersionTag]) -> None:
+    """Remove ``tags`` (those already gone are fine). Raises what kept it from the
+    registry."""
+    assert op.registries is not None
+    registry = op.registries.client(target)
+    for tag in tags:
+        registry.delete_version_tag_if_present(tag.model, tag.version, tag.key)
+
+
+def release(op: Operator, body: Mapping[str, Any]) -> None:
+    """On deletion: remove the registry tag of the live version, and the pending state of
+    a version awaiting approval (nothing may say a deleted deployment waits for it). The
+    children go with their owner references. Raises what kept it from the registry."""
+    meta = body["metadata"]
+    op._last_resync.pop(str(meta.get("uid")), None)
+    if op.analyses is not None:
+        op.analyses.forget(str(meta["namespace"]), str(meta["name"]))
+    found = registry_tags(op, body)
+    if found is not None:
+        remove_tags(op, *found)

@@ -80,27 +80,23 @@ def condition_counts(op: Operator) -> dict[tuple[str, str], int]:
     return counts
 
 
-class Scheduler:
-    """Re-resolves followed references every ``interval`` seconds on its own thread."""
+class Periodic:
+    """A pass (``tick``) every ``interval`` seconds on a thread of its own; a pass that
+    fails is logged and the next one runs as planned."""
 
-    def __init__(
-        self,
-        op: Operator,
-        enqueue: Callable[[Key], None],
-        *,
-        interval: float,
-        parallelism: int = 4,
-    ) -> None:
-        self.op = op
-        self.enqueue = enqueue
+    name = "periodic"
+
+    def __init__(self, interval: float) -> None:
         self.interval = interval
-        self.parallelism = parallelism
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.ticks = 0
 
+    def tick(self) -> int:
+        raise NotImplementedError
+
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="scheduler", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
         self._thread.start()
 
     def stop(self) -> None:
@@ -112,8 +108,27 @@ class Scheduler:
         while not self._stop.wait(self.interval):
             try:
                 self.tick()
-            except Exception:  # the scheduler must outlive any one bad pass
-                logger.exception("scheduler pass failed")
+            except Exception:  # the loop must outlive any one bad pass
+                logger.exception("%s pass failed", self.name)
+
+
+class Scheduler(Periodic):
+    """Re-resolves followed references every ``interval`` seconds on its own thread."""
+
+    name = "scheduler"
+
+    def __init__(
+        self,
+        op: Operator,
+        enqueue: Callable[[Key], None],
+        *,
+        interval: float,
+        parallelism: int = 4,
+    ) -> None:
+        super().__init__(interval)
+        self.op = op
+        self.enqueue = enqueue
+        self.parallelism = parallelism
 
     def _count_conditions(self) -> None:
         gauge = self.op.metrics.resources

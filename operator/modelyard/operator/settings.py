@@ -50,6 +50,13 @@ class OperatorSettings(BaseModel):
     # MODELYARD_REGISTRY_CREDENTIALS_CREATE: create that Secret, with random passwords,
     # when it is missing.
     registry_credentials_create: bool = True
+    # MODELYARD_LEFTOVER_TAGS: "namespace/name" of the ConfigMap (in the operator's own
+    # namespace) recording the registry tags a deleted ModelDeployment left because its
+    # registry could not be reached; a periodic sweep removes them later. Empty: nothing
+    # is recorded, such tags stay.
+    leftover_tags: str = ""
+    # MODELYARD_LEFTOVER_SWEEP_INTERVAL: seconds between passes of that sweep.
+    leftover_sweep_interval: float = Field(default=300.0, gt=0)
     # MODELYARD_NETWORK_POLICIES: render a NetworkPolicy beside each ModelDeployment's
     # servers, admitting only their own namespace and MODELYARD_SERVER_CLIENT_NAMESPACES.
     network_policies: bool = True
@@ -83,15 +90,11 @@ class OperatorSettings(BaseModel):
 
     @property
     def credentials_secret_ref(self) -> tuple[str, str] | None:
-        if not self.registry_credentials:
-            return None
-        namespace, _, name = self.registry_credentials.partition("/")
-        if not namespace or not name:
-            raise ValueError(
-                "MODELYARD_REGISTRY_CREDENTIALS must be namespace/name, got "
-                f"{self.registry_credentials!r}"
-            )
-        return namespace, name
+        return _ref("MODELYARD_REGISTRY_CREDENTIALS", self.registry_credentials)
+
+    @property
+    def leftover_tags_ref(self) -> tuple[str, str] | None:
+        return _ref("MODELYARD_LEFTOVER_TAGS", self.leftover_tags)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -102,3 +105,13 @@ class OperatorSettings(BaseModel):
             if env.get(key):
                 values[name] = env[key]
         return cls.model_validate(values)
+
+
+def _ref(variable: str, value: str) -> tuple[str, str] | None:
+    """A "namespace/name" setting; None when empty."""
+    if not value:
+        return None
+    namespace, _, name = value.partition("/")
+    if not namespace or not name:
+        raise ValueError(f"{variable} must be namespace/name, got {value!r}")
+    return namespace, name

@@ -7,6 +7,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -88,6 +89,8 @@ class PrivateMlflow:
 
     url: str
     proc: Any
+    root: Path
+    port: int
 
     def register(self) -> str:
         return register_sklearn_model(self.url, name=f"p-{uuid.uuid4().hex[:8]}").name
@@ -95,14 +98,20 @@ class PrivateMlflow:
     def stop(self) -> None:
         stop_process(self.proc)
 
+    def start(self) -> None:
+        """Back after a stop: the same port and store, so the same registry."""
+        self.proc, log = start_mlflow_server(self.root, self.port)
+        wait_http(f"{self.url}/health", 240, self.proc, log)
+
 
 @pytest.fixture
 def private_mlflow(tmp_path: Any) -> Iterator[PrivateMlflow]:
     port = free_port()
-    proc, log = start_mlflow_server(tmp_path / "mlflow", port)
-    url = f"http://127.0.0.1:{port}"
+    root = tmp_path / "mlflow"
+    proc, log = start_mlflow_server(root, port)
+    server = PrivateMlflow(url=f"http://127.0.0.1:{port}", proc=proc, root=root, port=port)
     try:
-        wait_http(f"{url}/health", 240, proc, log)
-        yield PrivateMlflow(url=url, proc=proc)
+        wait_http(f"{server.url}/health", 240, proc, log)
+        yield server
     finally:
-        stop_process(proc)
+        stop_process(server.proc)

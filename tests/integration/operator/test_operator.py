@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -528,3 +529,103 @@ def test_deletion_goes_on_when_the_registry_is_down(
     warnings = [e for e in k8s.events("orphan") if e.startswith("RegistryTagLeft:")]
     assert warnings, k8s.events("orphan")
     assert "gave up removing the registry tag after 3 attempts" in warnings[0]
+
+
+#: The ConfigMap the sweeping operator records left tags in (the test's namespace stands
+#: in for the operator's own).
+LEFTOVERS = "leftover-tags"
+
+
+@pytest.fixture
+def sweeping_operator(namespace: str, crd: Any) -> Iterator[Any]:
+    """The operator recording the tags deletions leave and sweeping them every second."""
+    with running_operator(
+        namespace,
+        MODELYARD_LEFTOVER_TAGS=f"{namespace}/{LEFTOVERS}",
+        MODELYARD_LEFTOVER_SWEEP_INTERVAL="1",
+    ) as runner:
+        yield runner
+
+
+def leftovers(k8s: Cluster) -> dict[str, Any]:
+    try:
+        found = k8s.core.read_namespaced_config_map(LEFTOVERS, k8s.ns)
+    except client.ApiException as error:
+        if error.status == 404:
+            return {}
+        raise
+    return {key: json.loads(value) for key, value in (found.data or {}).items()}
+
+
+def delete_while_the_registry_is_down(k8s: Cluster, private_mlflow: Any, name: str) -> str:
+    """Serve a version, stop the registry, delete: the ModelDeployment goes, leaving its
+    tag recorded. Returns the model's name."""
+    model = private_mlflow.register()
+    k8s.create(
+        name,
+        {
+            "model": {"name": model, "alias": "champion"},
+            "registry": {"trackingUri": private_mlflow.url},
+        },
+    )
+    wait_for("status.model", lambda: k8s.md(name).get("status", {}).get("model"))
+    key = deployed_tag_key(k8s.ns, name)
+    assert key in MlflowClient(private_mlflow.url).get_model_version(model, "1").tags
+    private_mlflow.stop()
+    k8s.custom.delete_namespaced_custom_object(GROUP, VERSION, k8s.ns, PLURAL, name)
+
+    def names() -> list[str]:
+        listed = k8s.custom.list_namespaced_custom_object(GROUP, VERSION, k8s.ns, PLURAL)
+        return [md["metadata"]["name"] for md in listed["items"]]
+
+    wait_for("the ModelDeployment to go", lambda: name not in names(), timeout=120)
+    warnings = [e for e in k8s.events(name) if e.startswith("RegistryTagLeft:")]
+    assert warnings, k8s.events(name)
+    assert f"recorded in ConfigMap {k8s.ns}/{LEFTOVERS}" in warnings[0]
+    return model
+
+
+def test_a_tag_the_deletion_left_is_swept_once_the_registry_is_back(
+    k8s: Cluster, kubelet: Any, sweeping_operator: Any, private_mlflow: Any
+) -> None:
+    model = delete_while_the_registry_is_down(k8s, private_mlflow, "left")
+    key = deployed_tag_key(k8s.ns, "left")
+    [record] = leftovers(k8s)[f"{k8s.ns}.left"]
+    assert record["tracking_uri"] == private_mlflow.url
+    assert record["tags"] == [{"model": model, "version": 1, "key": key}]
+    assert record["namespace"] == k8s.ns and record["name"] == "left" and record["uid"]
+    # Sweeps meanwhile fail and keep it.
+    time.sleep(4)
+    assert f"{k8s.ns}.left" in leftovers(k8s)
+
+    private_mlflow.start()
+    mlflow = MlflowClient(private_mlflow.url)
+    wait_for(
+        "the sweep to remove the tag",
+        lambda: key not in mlflow.get_model_version(model, "1").tags,
+        timeout=60,
+    )
+    wait_for("the record to go", lambda: f"{k8s.ns}.left" not in leftovers(k8s), timeout=30)
+
+
+def test_a_recreated_deployment_keeps_the_tag_and_the_record_goes(
+    k8s: Cluster, kubelet: Any, sweeping_operator: Any, private_mlflow: Any
+) -> None:
+    model = delete_while_the_registry_is_down(k8s, private_mlflow, "again")
+    key = deployed_tag_key(k8s.ns, "again")
+    assert f"{k8s.ns}.again" in leftovers(k8s)
+    # A new one of the same name (on a registry it may not use, so that it never writes
+    # to this one itself): the tag is its now, and the record is dropped.
+    k8s.create(
+        "again",
+        {"model": {"name": model, "version": 1}, "registry": {"trackingUri": "http://10.0.0.1"}},
+    )
+    wait_for("the record to go", lambda: f"{k8s.ns}.again" not in leftovers(k8s), timeout=30)
+    wait_for(
+        "the new one to be refused its registry",
+        lambda: condition(k8s.md("again"), "ModelResolved").get("reason") == "RegistryNotAllowed",
+    )
+
+    private_mlflow.start()
+    time.sleep(4)  # sweeps pass
+    assert key in MlflowClient(private_mlflow.url).get_model_version(model, "1").tags

@@ -143,6 +143,46 @@ def test_the_operator_reads_one_secret_in_its_namespace_and_may_create_it() -> N
     }
 
 
+#: The ConfigMap of registry tags deleted ModelDeployments left (docs/modeldeployment.md).
+LEFTOVER_TAGS = "my-modelyard-operator-leftover-tags"
+
+
+def operator_env(objects: list[dict[str, Any]]) -> dict[str, str]:
+    container = one(objects, "Deployment", "my-modelyard-operator")["spec"]["template"]["spec"][
+        "containers"
+    ][0]
+    return {e["name"]: e.get("value") for e in container["env"]}
+
+
+def test_the_operator_keeps_its_leftover_tags_in_one_configmap_of_its_namespace() -> None:
+    # Watching every namespace, the ClusterRole covers the ConfigMap: no Role of its own.
+    objects = render("--set", "operator.leftoverSweepInterval=60")
+    assert LEFTOVER_TAGS not in {r["metadata"]["name"] for r in find(objects, "Role")}
+    assert operator_env(objects)["MODELYARD_LEFTOVER_TAGS"] == f"ml/{LEFTOVER_TAGS}"
+    assert operator_env(objects)["MODELYARD_LEFTOVER_SWEEP_INTERVAL"] == "60"
+    # Watching namespaces that leave its own out: read and patch that one, create it.
+    objects = render("--set", "operator.watchNamespaces={team-a}")
+    role = one(objects, "Role", LEFTOVER_TAGS)
+    assert role["metadata"]["namespace"] == "ml"
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": [LEFTOVER_TAGS],
+            "verbs": ["get", "patch"],
+        },
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
+    ]
+    binding = one(objects, "RoleBinding", LEFTOVER_TAGS)
+    assert binding["roleRef"]["name"] == LEFTOVER_TAGS
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "my-modelyard-operator", "namespace": "ml"}
+    ]
+    # Watching its own namespace, that namespace's Role covers it.
+    objects = render("--set", "operator.watchNamespaces={team-a,ml}")
+    assert LEFTOVER_TAGS not in {r["metadata"]["name"] for r in find(objects, "Role")}
+
+
 #: The pipelines' orchestrator, in its own namespace (tests/unit/chart/test_pipelines_contract.py).
 PIPELINES = "my-modelyard-pipelines"
 
@@ -150,7 +190,7 @@ PIPELINES = "my-modelyard-pipelines"
 def operator_roles(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     """The operator's Roles of the watched namespaces (not the pipelines' Role, nor the
     one that reads the registry credentials in the release's namespace)."""
-    others = {PIPELINES, "my-modelyard-operator-registry-credentials"}
+    others = {PIPELINES, "my-modelyard-operator-registry-credentials", LEFTOVER_TAGS}
     return [o for o in find(objects, kind) if o["metadata"]["name"] not in others]
 
 
