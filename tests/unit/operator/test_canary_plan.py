@@ -112,7 +112,8 @@ def test_the_candidate_runs_beside_the_live_version_at_the_step_weight(
     assert ready.progressing == "bake time at 10%: 60s left"
 
 
-def test_failed_analysis_rolls_back_rejects_and_retry_starts_over(registry: Registry) -> None:
+def failed_analysis(registry: Registry) -> tuple[Plan, int]:
+    """The canary of v2 through two bad measurements: the pass that rolls it back."""
     status, v2 = started(registry)
     plan = decide(body(CANARY, status), registry.uri, deployment=serving(1, 4))
     for at in (5, 40, 70):
@@ -124,6 +125,11 @@ def test_failed_analysis_rolls_back_rejects_and_retry_starts_over(registry: Regi
             canary_deployment=serving(v2, 1),
             measurement=bad(at) if at > 5 else None,
         )
+    return plan, v2
+
+
+def test_failed_analysis_rolls_back_rejects_and_retry_starts_over(registry: Registry) -> None:
+    plan, v2 = failed_analysis(registry)
     assert plan.traffic is not None and plan.traffic.candidate_weight == 0
     assert plan.degraded is not None and plan.degraded[0] == "AnalysisFailed"
     assert "error rate 20.00% vs stable 0.00%" in plan.degraded[1]
@@ -157,17 +163,7 @@ def test_a_rejection_whose_tag_was_never_written_is_kept_and_the_tag_written_aga
 ) -> None:
     """The registry refused the rejection tag (down, or a permission missing): the
     status keeps the rejection, the canary is not started over, the tag is asked again."""
-    status, v2 = started(registry)
-    plan = decide(body(CANARY, status), registry.uri, deployment=serving(1, 4))
-    for at in (5, 40, 70):
-        plan = decide(
-            body(CANARY, plan.status),
-            registry.uri,
-            at,
-            deployment=serving(1, 4),
-            canary_deployment=serving(v2, 1),
-            measurement=bad(at) if at > 5 else None,
-        )
+    plan, v2 = failed_analysis(registry)
     assert plan.status["rejected"]["version"] == v2
     assert plan.status["rejected"]["reason"] == "AnalysisFailed"
     # The tags of this plan are lost: registry.write(plan) is never called.
