@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from modelyard.core.contracts import ApprovalTags
+from modelyard.core.contracts import DEFAULT_MAX_CONNECTION_AGE, ApprovalTags
 from tests.e2e.test_product import condition, md, mlflow_client
 from tests.support.incluster import start_pod, wait_pod
 from tests.support.kube import wait_for
@@ -57,9 +57,9 @@ REQUESTS = int(os.environ.get("MODELYARD_E2E_CANARY_REQUESTS", "2000"))
 RATE = float(os.environ.get("MODELYARD_E2E_CANARY_RATE", "50"))
 THREADS = 4
 #: Seconds after a step begins before its answers count: router pods that ran the
-#: previous configuration keep their clients' connections through their preStop pause
-#: (5 s) and drain.
-SETTLE = 10
+#: previous configuration keep their clients' connections until those age out (closed
+#: after an answer once DEFAULT_MAX_CONNECTION_AGE old; the pods drain for DRAIN_SECONDS).
+SETTLE = int(DEFAULT_MAX_CONNECTION_AGE) + 2
 #: The bake time of the two measured steps: long enough for REQUESTS requests after SETTLE.
 PAUSE = int(
     os.environ.get("MODELYARD_E2E_CANARY_PAUSE", str(SETTLE + math.ceil(REQUESTS / RATE * 1.25)))

@@ -128,8 +128,10 @@ def build_server_deployment(plan: ServerPlan) -> dict[str, Any]:
                             "failureThreshold": 2,
                         },
                         # Endpoints are removed asynchronously: keep answering while
-                        # kube-proxy and the load balancers stop sending traffic here.
-                        "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
+                        # kube-proxy and the load balancers stop sending traffic here,
+                        # and while the connections pinned here are closed after an
+                        # answer (c.DRAIN_SECONDS).
+                        "lifecycle": {"preStop": {"sleep": {"seconds": c.DRAIN_SECONDS}}},
                         "securityContext": pods.restricted_container_security_context(),
                         "volumeMounts": [pods.tmp_mount()],
                     }

@@ -257,6 +257,9 @@ def render_nginx_conf(
         "  client_max_body_size 0;",
         "  keepalive_timeout 75s;",
         "  keepalive_requests 100000;",
+        # A client's keep-alive connection is closed after an answer once this old, as the
+        # servers do: a client pinned to an old router pod moves on (DRAIN_SECONDS).
+        f"  keepalive_time {int(c.DEFAULT_MAX_CONNECTION_AGE)}s;",
         # The request id every variant receives: the client's, else one of nginx's.
         '  map $http_x_request_id $modelyard_request_id { "" $request_id; default'
         " $http_x_request_id; }",
@@ -418,9 +421,10 @@ def build_router_deployment(plan: RouterPlan) -> dict[str, Any]:
                             "resources": {k: dict(v) for k, v in DEFAULT_RESOURCES.items()},
                             "readinessProbe": {**probe, "periodSeconds": 2, "failureThreshold": 2},
                             "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 3},
-                            # Keep answering while the endpoints stop sending here; then the
-                            # image's stop signal (SIGQUIT) drains nginx gracefully.
-                            "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
+                            # Keep answering while the endpoints stop sending here and the
+                            # clients' connections age out (keepalive_time, closed after an
+                            # answer); then the image's stop signal (SIGQUIT) drains nginx.
+                            "lifecycle": {"preStop": {"sleep": {"seconds": c.DRAIN_SECONDS}}},
                             "securityContext": pods.restricted_container_security_context(),
                             "volumeMounts": [
                                 pods.tmp_mount(),
