@@ -73,7 +73,7 @@ FAULT_RATE = 0.5
 #: Members of the slow model (the shadow, and the slow candidate): each one adds about a
 #: millisecond to every call here, and a few kilobytes to the model (a large artifact
 #: through the test's port-forward is what this avoids).
-SLOW_MEMBERS = int(os.environ.get("MODELYARD_E2E_CANARY_SLOW_MEMBERS", "300"))
+SLOW_MEMBERS = int(os.environ.get("MODELYARD_E2E_CANARY_SLOW_MEMBERS", "150"))
 FAULTY_WEIGHT = 20
 SHADOW_PERCENT = 20
 
@@ -499,7 +499,14 @@ def healthy_rollout(node_cluster: Any, deployment: str, versions: Versions) -> R
             # noisy, and this test is about shares and promotion, not the latency gate.
             maxLatencyRatio=3,
         ),
-        shadow={"alias": "challenger", "percent": SHADOW_PERCENT},
+        # The slow shadow on one small pod (a quarter of a core at most): it answers the
+        # router late, and never takes the CPU of the versions being measured.
+        shadow={
+            "alias": "challenger",
+            "percent": SHADOW_PERCENT,
+            "replicas": 1,
+            "resources": {"requests": {"cpu": "50m"}, "limits": {"cpu": "250m"}},
+        },
     )
     # The shadow (and the router that mirrors to it) first, so the client's connections
     # go to the router from the start.
