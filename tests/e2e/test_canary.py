@@ -56,10 +56,11 @@ REQUESTS = int(os.environ.get("MODELYARD_E2E_CANARY_REQUESTS", "2000"))
 #: The client's request rate (requests/s) and threads (each one keep-alive connection).
 RATE = float(os.environ.get("MODELYARD_E2E_CANARY_RATE", "50"))
 THREADS = 4
-#: Seconds after a step begins before its answers count: router pods that ran the
-#: previous configuration keep their clients' connections until those age out (closed
-#: after an answer once DEFAULT_MAX_CONNECTION_AGE old; the pods drain for DRAIN_SECONDS).
-SETTLE = int(DEFAULT_MAX_CONNECTION_AGE) + 2
+#: Seconds after a step begins before its answers count: the router's new pods start
+#: (a few seconds), and the pods that ran the previous configuration keep their clients'
+#: connections until those age out (closed after an answer once
+#: DEFAULT_MAX_CONNECTION_AGE old, while the pods drain for DRAIN_SECONDS).
+SETTLE = int(DEFAULT_MAX_CONNECTION_AGE) + 10
 #: The bake time of the two measured steps: long enough for REQUESTS requests after SETTLE.
 PAUSE = int(
     os.environ.get("MODELYARD_E2E_CANARY_PAUSE", str(SETTLE + math.ceil(REQUESTS / RATE * 1.25)))
