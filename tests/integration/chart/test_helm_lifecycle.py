@@ -188,13 +188,26 @@ def test_namespaced_mode(
             f"role.rbac.authorization.k8s.io/{release}-modelyard-operator",
             f"rolebinding.rbac.authorization.k8s.io/{release}-modelyard-operator",
         }
-    # In its own namespace, only the reading of the registry credentials' Secret.
+    sa = f"system:serviceaccount:{ns}:{release}-modelyard-operator"
+    # In its own namespace, only the reading of the registry credentials' Secret and the
+    # ConfigMap of registry tags left by deletions (docs/modeldeployment.md).
     assert names(cluster, ns, "roles,rolebindings", selector) == {
         f"role.rbac.authorization.k8s.io/{release}-modelyard-operator-registry-credentials",
         f"rolebinding.rbac.authorization.k8s.io/{release}-modelyard-operator-registry-credentials",
+        f"role.rbac.authorization.k8s.io/{release}-modelyard-operator-leftover-tags",
+        f"rolebinding.rbac.authorization.k8s.io/{release}-modelyard-operator-leftover-tags",
     }
+    leftover = f"configmaps/{release}-modelyard-operator-leftover-tags"
+    for verb, resource, expected in (
+        ("patch", leftover, "yes"),
+        ("patch", f"configmaps/{release}-modelyard-operator-other", "no"),
+        ("delete", leftover, "no"),
+    ):
+        answer = cluster.run_kubectl(
+            "auth", "can-i", verb, resource, "-n", ns, "--as", sa, check=False
+        )
+        assert answer.stdout.strip() == expected, (verb, resource)
     # The service account may manage servers in the watched namespaces only.
-    sa = f"system:serviceaccount:{ns}:{release}-modelyard-operator"
     for namespace, expected in ((team_a, "yes"), (team_b, "yes"), (ns, "no"), ("default", "no")):
         answer = cluster.run_kubectl(
             "auth", "can-i", "create", "deployments.apps", "-n", namespace, "--as", sa, check=False
