@@ -321,6 +321,12 @@ def render_nginx_conf(
         # Which variant answered, for people reading a response (the server also says
         # its model version in X-Model-Version).
         "      add_header X-Modelyard-Variant $modelyard_variant always;",
+    ]
+    if mirroring:
+        # "1" when a copy of this request went to the shadow (no header otherwise): the
+        # mirror's draw, the one the subrequest made (a subrequest shares its variables).
+        out.append("      add_header X-Modelyard-Mirrored $modelyard_mirror always;")
+    out += [
         "    }",
     ]
     if mirroring:
