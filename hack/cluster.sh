@@ -181,6 +181,16 @@ up() {
     log "already up: KUBECONFIG=$dir/kubeconfig"
     return
   fi
+  # What an interrupted run left (a pid file whose process is gone, its neighbours still
+  # up) would make the waits below fail: stop all of it first.
+  local c
+  for c in "${components[@]}" "${node_components[@]}"; do
+    if [[ -f $run/$c.pid ]] && ! pid_alive "$c"; then
+      log "a previous run was interrupted ($c is gone): stopping what is left of it"
+      down
+      break
+    fi
+  done
   command -v openssl >/dev/null || die "openssl is needed to make the cluster certificates"
   command -v curl >/dev/null || die "curl is needed to check the API server"
   "$root/hack/build-tools.sh" ${NODE:+node}

@@ -11,8 +11,14 @@ ModelDeployment's status as it was polled meanwhile:
   20% are each within 4 binomial standard deviations over at least
   ``MODELYARD_E2E_CANARY_REQUESTS`` (2000) requests, and no answer comes from the shadow;
 - a healthy candidate goes through every step to 100% with zero failed requests;
+- the shadow is a slow model (an ensemble of many small models on a small CPU limit, a
+  few tenths of a second per answer): the requests that follow a mirrored one on their
+  keep-alive connection are no slower than those that follow one not mirrored (the
+  router says which it mirrored, ``X-Modelyard-Mirrored``);
 - a faulty candidate (it fails, 500, on some inputs) is rolled back by its analysis
   within two intervals, with the client's errors within weight x fault rate;
+- a slow candidate (the same slow model) is rolled back by its latency gate within two
+  intervals, and no client request fails;
 - a canary with too little traffic holds as Inconclusive and never fails.
 
 The models are registered from here (the chart's MLflow, through a port-forward), all
@@ -38,7 +44,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from modelyard.core.contracts import ApprovalTags
+from modelyard.core.contracts import DEFAULT_MAX_CONNECTION_AGE, ApprovalTags
 from tests.e2e.test_product import condition, md, mlflow_client
 from tests.support.incluster import start_pod, wait_pod
 from tests.support.kube import wait_for
@@ -52,10 +58,11 @@ REQUESTS = int(os.environ.get("MODELYARD_E2E_CANARY_REQUESTS", "2000"))
 #: The client's request rate (requests/s) and threads (each one keep-alive connection).
 RATE = float(os.environ.get("MODELYARD_E2E_CANARY_RATE", "50"))
 THREADS = 4
-#: Seconds after a step begins before its answers count: router pods that ran the
-#: previous configuration keep their clients' connections through their preStop pause
-#: (5 s) and drain.
-SETTLE = 10
+#: Seconds after a step begins before its answers count: the router's new pods start
+#: (a few seconds), and the pods that ran the previous configuration keep their clients'
+#: connections until those age out (closed after an answer once
+#: DEFAULT_MAX_CONNECTION_AGE old, while the pods drain for DRAIN_SECONDS).
+SETTLE = int(DEFAULT_MAX_CONNECTION_AGE) + 10
 #: The bake time of the two measured steps: long enough for REQUESTS requests after SETTLE.
 PAUSE = int(
     os.environ.get("MODELYARD_E2E_CANARY_PAUSE", str(SETTLE + math.ceil(REQUESTS / RATE * 1.25)))
@@ -66,8 +73,15 @@ INTERVAL = int(os.environ.get("MODELYARD_E2E_CANARY_INTERVAL", "10"))
 QUIET_INTERVAL = 5
 #: The share of the faulty test's requests with an input the faulty model fails on.
 FAULT_RATE = 0.5
+#: Members of the slow model (the shadow, and the slow candidate): each one adds about a
+#: millisecond to every call here, and a few kilobytes to the model (a large artifact
+#: through the test's port-forward is what this avoids).
+SLOW_MEMBERS = int(os.environ.get("MODELYARD_E2E_CANARY_SLOW_MEMBERS", "150"))
 FAULTY_WEIGHT = 20
 SHADOW_PERCENT = 20
+#: The slow shadow's CPU limit: its model calls take several times a client's pause
+#: between two requests on a connection, and it never starves the measured versions.
+SHADOW_CPU = "150m"
 
 GOOD_ROW = [0.2, -0.3, 0.1]
 BAD_ROW = [10.0, 0.0, 0.0]  # the faulty model's prediction is out of its encoder's range
@@ -103,24 +117,33 @@ def worker(i):
                 answer = client.post(url, content=bad if is_bad else good)
                 status = answer.status_code
                 version = answer.headers.get("x-model-version", "-")
+                copied = answer.headers.get("x-modelyard-mirrored") == "1"
             except httpx.HTTPError as error:
-                status, version = 0, type(error).__name__
-            emit("r %.3f %.4f %d %s %d" % (sent, time.time() - sent, status, version, is_bad))
+                status, version, copied = 0, type(error).__name__, False
+            emit("r %.3f %.4f %d %s %d %d %d"
+                 % (sent, time.time() - sent, status, version, is_bad, i, copied))
             k += 1
             time.sleep(max(0.0, start + k * period - time.monotonic()))
 def shadow_counter():
-    # The shadow's own count of the requests it answered (its /metrics, via its Service).
+    # The shadow's own count of the requests it answered, and the seconds its answers
+    # took (its /metrics, via its Service).
+    def total(lines, prefix):
+        return sum(
+            float(line.rsplit(" ", 1)[1]) for line in lines
+            if line.startswith(prefix + "{{")
+            and 'model_version="%s"' % shadow_version in line
+        )
     with httpx.Client(timeout=2) as client:
         while not stop.is_set():
             started = time.time()
             try:
-                text = client.get(shadow_url).text
-                total = sum(
-                    float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                    if line.startswith("modelyard_requests_total{{")
-                    and 'model_version="%s"' % shadow_version in line
-                )
-                emit("m %.3f %.1f" % (time.time(), total))
+                lines = client.get(shadow_url).text.splitlines()
+                answered = [line for line in lines if 'status="200"' in line]
+                emit("m %.3f %.1f %.4f %.1f" % (
+                    time.time(), total(lines, "modelyard_requests_total"),
+                    total(answered, "modelyard_request_duration_seconds_sum"),
+                    total(answered, "modelyard_request_duration_seconds_count"),
+                ))
             except (httpx.HTTPError, ValueError, IndexError):
                 pass
             time.sleep(max(0.0, started + 1.0 - time.time()))
@@ -146,6 +169,10 @@ class Answer:
     status: int
     version: str
     bad: bool
+    #: The client thread (one keep-alive connection) that sent it.
+    thread: int
+    #: The router's word that a copy went to the shadow (X-Modelyard-Mirrored).
+    mirrored: bool
 
 
 @dataclasses.dataclass
@@ -153,9 +180,35 @@ class ClientLog:
     answers: list[Answer]
     #: (time, the shadow's request count) read once a second.
     shadow: list[tuple[float, float]]
+    #: (time, the seconds the shadow's answers took in all, how many) read with it.
+    shadow_seconds: list[tuple[float, float, float]]
 
     def within(self, start: float, end: float) -> list[Answer]:
         return [a for a in self.answers if start <= a.sent <= end]
+
+    def followers(self, start: float, end: float) -> tuple[list[float], list[float]]:
+        """The seconds of the answers sent in [start, end] that followed, on the same
+        connection, a request the router mirrored, and those that followed one it did
+        not: nginx's ``mirror`` holds the next request on a keep-alive connection until
+        the shadow has answered the copy, so that is where a slow shadow would show."""
+        after_copy: list[float] = []
+        after_plain: list[float] = []
+        previous: dict[int, Answer] = {}
+        for a in sorted(self.answers, key=lambda a: a.sent):
+            before = previous.get(a.thread)
+            previous[a.thread] = a
+            if before is None or not start <= a.sent <= end:
+                continue
+            (after_copy if before.mirrored else after_plain).append(a.seconds)
+        return after_copy, after_plain
+
+    def shadow_mean_seconds(self, start: float, end: float) -> float:
+        """The shadow's mean answer time over [start, end], from its own histogram."""
+        readings = [(s, n) for t, s, n in self.shadow_seconds if start <= t <= end]
+        assert len(readings) >= 2, self.shadow_seconds[-5:]
+        (s0, n0), (s1, n1) = readings[0], readings[-1]
+        assert n1 > n0, readings
+        return (s1 - s0) / (n1 - n0)
 
     def failed(self) -> list[Answer]:
         return [a for a in self.answers if a.status != 200]
@@ -203,19 +256,20 @@ class Client:
             "open('/tmp/stop', 'w').close()",
         )  # fmt: skip
         log = wait_pod(self.cluster, self.ns, self.name, timeout=60)
-        answers, shadow = [], []
+        answers, shadow, seconds = [], [], []
         for line in log.splitlines():
             parts = line.split()
             if parts[:1] == ["r"]:
                 answers.append(
                     Answer(float(parts[1]), float(parts[2]), int(parts[3]), parts[4],
-                           parts[5] == "1")
+                           parts[5] == "1", int(parts[6]), parts[7] == "1")
                 )  # fmt: skip
             elif parts[:1] == ["m"]:
                 shadow.append((float(parts[1]), float(parts[2])))
+                seconds.append((float(parts[1]), float(parts[3]), float(parts[4])))
         assert log.rstrip().endswith("done"), log[-3000:]
         self.cluster.run_kubectl("-n", self.ns, "delete", "pod", self.name, "--wait=false")
-        return ClientLog(answers, shadow)
+        return ClientLog(answers, shadow, seconds)
 
 
 def toolkit() -> str:
@@ -323,9 +377,29 @@ def step_spec(*steps: dict[str, Any], **analysis: Any) -> dict[str, Any]:
 class Versions:
     stable: int
     healthy: int  # the candidate that goes all the way
-    shadow: int  # alias "challenger"
+    shadow: int  # alias "challenger"; slow (SLOW_MEMBERS members), also the slow candidate
     faulty: int  # fails (500) on BAD_ROW
     quiet: int  # the candidate that never gets traffic
+    #: The slow model's fastest call here, on one row (seconds).
+    slow_seconds: float
+
+
+def slow_estimator() -> Any:
+    """A classifier that answers, slowly: every call asks each of SLOW_MEMBERS models."""
+    from sklearn.dummy import DummyClassifier
+    from sklearn.ensemble import BaggingClassifier
+
+    return BaggingClassifier(DummyClassifier(), n_estimators=SLOW_MEMBERS, random_state=0)
+
+
+def fastest_call(estimator: Any, row: list[float], tries: int = 5) -> float:
+    frame = pd.DataFrame([row], columns=["a", "b", "c"])
+    best = math.inf
+    for _ in range(tries):
+        began = time.perf_counter()
+        estimator.predict(frame)
+        best = min(best, time.perf_counter() - began)
+    return best
 
 
 def faulty_estimator(frame: pd.DataFrame) -> Any:
@@ -350,11 +424,17 @@ def versions(node_cluster: Any, release: str) -> Versions:
 
     made: dict[str, int] = {}
     with mlflow_client(node_cluster, release) as (client, uri):
+        slow = slow_estimator()
         for role, seed in (("stable", 1), ("healthy", 2), ("shadow", 3), ("quiet", 4)):
             frame, label = small_frame(seed=seed)
             made[role] = int(
                 register_sklearn_model(
-                    uri, LogisticRegression(), frame, name=NAME, label=label, alias=None
+                    uri,
+                    slow if role == "shadow" else LogisticRegression(),
+                    frame,
+                    name=NAME,
+                    label=label,
+                    alias=None,
                 ).version
             )
         frame, _ = small_frame(seed=5)
@@ -373,7 +453,7 @@ def versions(node_cluster: Any, release: str) -> Versions:
             capture_output=True, text=True, check=False, timeout=120,
         )  # fmt: skip
         assert granted.returncode == 0, granted.stdout + granted.stderr
-    found = Versions(**made)
+    found = Versions(**made, slow_seconds=fastest_call(slow, GOOD_ROW))
     # What the faulty model does, here: the good row is answered, the bad one raises.
     estimator = faulty_estimator(small_frame(seed=5)[0])
     estimator.predict(pd.DataFrame([GOOD_ROW], columns=["a", "b", "c"]))
@@ -465,7 +545,14 @@ def healthy_rollout(node_cluster: Any, deployment: str, versions: Versions) -> R
             # noisy, and this test is about shares and promotion, not the latency gate.
             maxLatencyRatio=3,
         ),
-        shadow={"alias": "challenger", "percent": SHADOW_PERCENT},
+        # The slow shadow on one small pod (SHADOW_CPU at most): it answers the router
+        # late, and never takes the CPU of the versions being measured.
+        shadow={
+            "alias": "challenger",
+            "percent": SHADOW_PERCENT,
+            "replicas": 1,
+            "resources": {"requests": {"cpu": "50m"}, "limits": {"cpu": SHADOW_CPU}},
+        },
     )
     # The shadow (and the router that mirrors to it) first, so the client's connections
     # go to the router from the start.
@@ -554,6 +641,46 @@ def test_canary_and_mirrored_shares_are_exact_and_no_client_sees_the_shadow(
     print("\n".join(report))
 
 
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)]
+
+
+def test_a_slow_shadow_leaves_the_clients_latency_unchanged(
+    healthy_rollout: Rollout, versions: Versions
+) -> None:
+    """nginx's ``mirror`` holds the next request on a keep-alive connection until the
+    shadow has answered the mirrored copy. So, in the same window (same load, same node),
+    compare the requests that followed a mirrored one on their connection with those
+    that followed one not mirrored: had a client waited for the slow shadow, the first
+    would take the rest of the shadow's answer time more."""
+    run = healthy_rollout
+    assert run.shadow_removed_at is not None
+    start, end = window(run, 0)[0], run.shadow_removed_at
+    after_copy, after_plain = run.client.followers(start, end)
+    assert len(after_copy) + len(after_plain) >= REQUESTS, (len(after_copy), len(after_plain))
+    assert len(after_copy) >= REQUESTS * SHADOW_PERCENT / 100 / 2, len(after_copy)
+    shadow = run.client.shadow_mean_seconds(start, end)
+    #: What a request after a copy would wait for more, were the mirror held: the
+    #: shadow's answer less the time the client waits before its connection's next one.
+    held = shadow - THREADS / RATE
+    said = (
+        f"the shadow answered in {shadow * 1000:.0f}ms on average (its fastest call"
+        f" {versions.slow_seconds * 1000:.0f}ms unthrottled); requests after a mirrored one:"
+        f" median {percentile(after_copy, 0.5) * 1000:.1f}ms, p90"
+        f" {percentile(after_copy, 0.9) * 1000:.1f}ms ({len(after_copy)}); after one not"
+        f" mirrored: median {percentile(after_plain, 0.5) * 1000:.1f}ms, p90"
+        f" {percentile(after_plain, 0.9) * 1000:.1f}ms ({len(after_plain)}); all clients'"
+        f" p99 {percentile(after_copy + after_plain, 0.99) * 1000:.0f}ms"
+    )
+    print(said)
+    # The shadow was slow enough to tell: a held connection would add 50 ms or more.
+    assert held >= 0.05, said
+    for q in (0.5, 0.9):
+        excess = percentile(after_copy, q) - percentile(after_plain, q)
+        assert excess < held / 2, f"the clients' latency follows the shadow's: {said}"
+
+
 def test_a_healthy_candidate_goes_through_every_step_to_live_with_zero_failed_requests(
     node_cluster: Any, deployment: str, healthy_rollout: Rollout
 ) -> None:
@@ -587,30 +714,31 @@ def test_a_healthy_candidate_goes_through_every_step_to_live_with_zero_failed_re
     )
 
 
-# --------------------------------------------------------------- 3: a faulty canary
-def test_a_faulty_candidate_is_rolled_back_by_its_analysis_and_the_stable_keeps_serving(
-    node_cluster: Any, deployment: str, versions: Versions
-) -> None:
-    """The faulty version answers 500 on BAD_ROW, which FAULT_RATE of the client's
-    requests carry; the stable version answers everything. Analysis every INTERVAL
-    seconds, failureLimit 2: rolled back within two intervals of its first step."""
-    ns = deployment
-    stable = settled(node_cluster, ns)
+# ------------------------------------------------ 3: canaries the analysis rolls back
+def rolled_back(
+    cluster: Any, ns: str, version: int, *, bad_share: float = 0.0, **analysis: Any
+) -> tuple[Seen, ClientLog]:
+    """Move the alias to ``version`` (a canary at FAULTY_WEIGHT, analysis every INTERVAL
+    seconds, failureLimit 2) under the client; wait for its rollback and scale-down."""
     set_canary(
-        node_cluster,
+        cluster,
         ns,
         step_spec(
-            {"weight": FAULTY_WEIGHT, "pause": "1m"}, {"weight": 50}, minRequests=10, failureLimit=2
+            {"weight": FAULTY_WEIGHT, "pause": "1m"},
+            {"weight": 50},
+            minRequests=10,
+            failureLimit=2,
+            **analysis,
         ),
     )
-    client = Client(node_cluster, ns, bad_share=FAULT_RATE)
+    client = Client(cluster, ns, bad_share=bad_share)
     seen = Seen()
-    move_alias(node_cluster, ns, "champion", versions.faulty)
+    move_alias(cluster, ns, "champion", version)
     done = False
     try:
         deadline = time.monotonic() + 300
         while True:
-            obj = seen.take(md(node_cluster, ns, NAME))
+            obj = seen.take(md(cluster, ns, NAME))
             rollout = (obj.get("status") or {}).get("rollout") or {}
             started = seen.step_since(0)
             if rollout.get("phase") == "Aborted":
@@ -622,7 +750,7 @@ def test_a_faulty_candidate_is_rolled_back_by_its_analysis_and_the_stable_keeps_
             time.sleep(1)
         wait_for(
             "the candidate's pods gone and the Service on the servers",
-            lambda: bool(seen.take(md(node_cluster, ns, NAME))) and at_rest(node_cluster, ns),
+            lambda: bool(seen.take(md(cluster, ns, NAME))) and at_rest(cluster, ns),
             timeout=180,
             interval=1,
         )
@@ -631,9 +759,17 @@ def test_a_faulty_candidate_is_rolled_back_by_its_analysis_and_the_stable_keeps_
     finally:
         log = client.stop()
         if not done:
-            abandon(node_cluster, ns)
+            abandon(cluster, ns)
+    return seen, log
 
-    rollouts = [r for r in seen.rollouts() if r.get("version") == versions.faulty]
+
+def judged(
+    cluster: Any, ns: str, seen: Seen, version: int, failing: str, stable: int
+) -> tuple[float, float, dict[str, Any]]:
+    """What status, Events and the registry say of a canary its analysis rolled back
+    (each failed measurement names ``failing``); when its first step began, how long it
+    took, the aborted rollout."""
+    rollouts = [r for r in seen.rollouts() if r.get("version") == version]
     aborted = next(r for r in rollouts if r.get("phase") == "Aborted")
     started = seen.step_since(0)
     assert started is not None
@@ -645,14 +781,14 @@ def test_a_faulty_candidate_is_rolled_back_by_its_analysis_and_the_stable_keeps_
     assert aborted["abortReason"] == "AnalysisFailed"
     assert aborted["step"] == 0 and aborted["failedMeasurements"] == 2, aborted
     failed = [m for m in aborted["measurements"] if m["phase"] == "Failed"]
-    assert len(failed) == 2 and all("error rate" in m["message"] for m in failed), aborted
+    assert len(failed) == 2 and all(failing in m["message"] for m in failed), aborted
     degraded = [c for c in seen.conditions("Degraded") if c.get("status") == "True"]
     assert degraded and degraded[0]["reason"] == "AnalysisFailed", seen.conditions("Degraded")
-    assert f"version {versions.faulty} failed 2 analysis measurements" in degraded[0]["message"]
-    said = [(e["type"], e["reason"]) for e in events(node_cluster, ns)]
+    assert f"version {version} failed 2 analysis measurements" in degraded[0]["message"]
+    said = [(e["type"], e["reason"]) for e in events(cluster, ns)]
     assert ("Warning", "AnalysisFailed") in said, said
-    with mlflow_client(node_cluster, ns) as (client_, _):
-        tags = client_.get_model_version(NAME, str(versions.faulty)).tags
+    with mlflow_client(cluster, ns) as (client_, _):
+        tags = client_.get_model_version(NAME, str(version)).tags
     assert tags.get(ApprovalTags.key(ns, NAME)) == ApprovalTags.REJECTED, tags
     assert tags.get(ApprovalTags.detail(ns, NAME, "reason")) == "AnalysisFailed", tags
     # LIVE never moved, and the stable version answers.
@@ -660,6 +796,19 @@ def test_a_faulty_candidate_is_rolled_back_by_its_analysis_and_the_stable_keeps_
     final = seen.snapshots[-1][1]
     assert condition(final, "Degraded").get("status") == "False"
     assert condition(final, "Ready").get("status") == "True"
+    return started, took, aborted
+
+
+def test_a_faulty_candidate_is_rolled_back_by_its_analysis_and_the_stable_keeps_serving(
+    node_cluster: Any, deployment: str, versions: Versions
+) -> None:
+    """The faulty version answers 500 on BAD_ROW, which FAULT_RATE of the client's
+    requests carry; the stable version answers everything. Analysis every INTERVAL
+    seconds, failureLimit 2: rolled back within two intervals of its first step."""
+    ns = deployment
+    stable = settled(node_cluster, ns)
+    seen, log = rolled_back(node_cluster, ns, versions.faulty, bad_share=FAULT_RATE)
+    started, took, aborted = judged(node_cluster, ns, seen, versions.faulty, "error rate", stable)
 
     # What the client saw: errors only from the candidate, only on the inputs it fails
     # on, and no more than its weight's share of those (binomial slack, 4 SD).
@@ -694,6 +843,28 @@ def test_a_faulty_candidate_is_rolled_back_by_its_analysis_and_the_stable_keeps_
         f"rate {weight * FAULT_RATE:.0%}); {len(log.answers)} requests in all"
     )
     after = [a for a in log.answers if a.sent > end]
+    assert after and {(a.status, a.version) for a in after} == {(200, str(stable))}
+
+
+def test_a_slow_candidate_is_rolled_back_by_its_latency_gate_and_no_request_fails(
+    node_cluster: Any, deployment: str, versions: Versions
+) -> None:
+    """The slow model as a candidate: it answers right, about a tenth of a second a call;
+    its p99 over three times the stable's fails each measurement (failureLimit 2)."""
+    ns = deployment
+    stable = settled(node_cluster, ns)
+    seen, log = rolled_back(node_cluster, ns, versions.shadow, maxLatencyRatio=3)
+    _, took, aborted = judged(node_cluster, ns, seen, versions.shadow, "p99", stable)
+    failed = log.failed()
+    assert not failed, f"{len(failed)} failed of {len(log.answers)}: {failed[:10]}"
+    slow = [a for a in log.answers if a.version == str(versions.shadow)]
+    assert slow, "the slow candidate answered no client request"
+    print(
+        f"rolled back {took:.0f}s after its first step; {len(slow)} of "
+        f"{len(log.answers)} requests answered by it (median "
+        f"{sorted(a.seconds for a in slow)[len(slow) // 2] * 1000:.0f}ms), 0 failed"
+    )
+    after = [a for a in log.answers if a.sent > epoch(aborted["abortedAt"]) + SETTLE]
     assert after and {(a.status, a.version) for a in after} == {(200, str(stable))}
 
 

@@ -128,8 +128,10 @@ def build_server_deployment(plan: ServerPlan) -> dict[str, Any]:
                             "failureThreshold": 2,
                         },
                         # Endpoints are removed asynchronously: keep answering while
-                        # kube-proxy and the load balancers stop sending traffic here.
-                        "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
+                        # kube-proxy and the load balancers stop sending traffic here,
+                        # and while the connections pinned here are closed after an
+                        # answer (c.DRAIN_SECONDS).
+                        "lifecycle": {"preStop": {"sleep": {"seconds": c.DRAIN_SECONDS}}},
                         "securityContext": pods.restricted_container_security_context(),
                         "volumeMounts": [pods.tmp_mount()],
                     }
@@ -160,11 +162,20 @@ def build_server_service(plan: ServerPlan) -> dict[str, Any]:
     }
 
 
-def variant_plan(plan: ServerPlan, name: str, model: ModelVersion, replicas: int) -> ServerPlan:
+def variant_plan(
+    plan: ServerPlan,
+    name: str,
+    model: ModelVersion,
+    replicas: int,
+    resources: Mapping[str, Mapping[str, int | str]] | None = None,
+) -> ServerPlan:
     """The plan of a Deployment beside the stable one (a canary or a shadow): its own
     name and pods (``app.kubernetes.io/instance`` is ``name``), ``model``, a fixed
-    number of replicas and no autoscaling."""
-    server = plan.spec.server.model_copy(update={"replicas": replicas, "autoscaling": None})
+    number of replicas and no autoscaling; the stable's resources unless given."""
+    update: dict[str, Any] = {"replicas": replicas, "autoscaling": None}
+    if resources is not None:
+        update["resources"] = {k: dict(v) for k, v in resources.items()}
+    server = plan.spec.server.model_copy(update=update)
     spec = plan.spec.model_copy(update={"server": server})
     return dataclasses.replace(plan, name=name, model=model, spec=spec)
 

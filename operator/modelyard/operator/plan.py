@@ -709,7 +709,8 @@ class _Planner:
                 server,
                 canary.shadow_name(name),
                 observed.shadow,
-                max(1, server.spec.server.desired_replicas),
+                shadow_spec.replicas or max(1, server.spec.server.desired_replicas),
+                shadow_spec.resources,
             )
         routed = self.rollout.get("strategy") == canary.CANARY and (
             candidate is not None or self.rollout.get("phase") == canary.ABORTED

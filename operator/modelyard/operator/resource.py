@@ -166,6 +166,9 @@ class Shadow(_Model):
     alias: str | None = Field(default=None, min_length=1)
     version: int | None = Field(default=None, ge=1)
     percent: int = Field(ge=1, le=100)
+    # Its own size: a shadow serves no client, so it may be smaller than the live version.
+    replicas: int | None = Field(default=None, ge=1, le=100)
+    resources: dict[str, dict[str, int | str]] | None = None
 
     @model_validator(mode="after")
     def _one_reference(self) -> Shadow:

@@ -257,6 +257,9 @@ def render_nginx_conf(
         "  client_max_body_size 0;",
         "  keepalive_timeout 75s;",
         "  keepalive_requests 100000;",
+        # A client's keep-alive connection is closed after an answer once this old, as the
+        # servers do: a client pinned to an old router pod moves on (DRAIN_SECONDS).
+        f"  keepalive_time {int(c.DEFAULT_MAX_CONNECTION_AGE)}s;",
         # The request id every variant receives: the client's, else one of nginx's.
         '  map $http_x_request_id $modelyard_request_id { "" $request_id; default'
         " $http_x_request_id; }",
@@ -318,6 +321,12 @@ def render_nginx_conf(
         # Which variant answered, for people reading a response (the server also says
         # its model version in X-Model-Version).
         "      add_header X-Modelyard-Variant $modelyard_variant always;",
+    ]
+    if mirroring:
+        # "1" when a copy of this request went to the shadow (no header otherwise): the
+        # mirror's draw, the one the subrequest made (a subrequest shares its variables).
+        out.append("      add_header X-Modelyard-Mirrored $modelyard_mirror always;")
+    out += [
         "    }",
     ]
     if mirroring:
@@ -418,9 +427,10 @@ def build_router_deployment(plan: RouterPlan) -> dict[str, Any]:
                             "resources": {k: dict(v) for k, v in DEFAULT_RESOURCES.items()},
                             "readinessProbe": {**probe, "periodSeconds": 2, "failureThreshold": 2},
                             "livenessProbe": {**probe, "periodSeconds": 10, "failureThreshold": 3},
-                            # Keep answering while the endpoints stop sending here; then the
-                            # image's stop signal (SIGQUIT) drains nginx gracefully.
-                            "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},
+                            # Keep answering while the endpoints stop sending here and the
+                            # clients' connections age out (keepalive_time, closed after an
+                            # answer); then the image's stop signal (SIGQUIT) drains nginx.
+                            "lifecycle": {"preStop": {"sleep": {"seconds": c.DRAIN_SECONDS}}},
                             "securityContext": pods.restricted_container_security_context(),
                             "volumeMounts": [
                                 pods.tmp_mount(),

@@ -21,6 +21,8 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from modelyard.core import contracts as c
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -28,7 +30,7 @@ Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Default seconds a keep-alive connection is used before the server closes it.
-DEFAULT_MAX_AGE = 10.0
+DEFAULT_MAX_AGE = c.DEFAULT_MAX_CONNECTION_AGE
 
 
 class ConnectionAge:

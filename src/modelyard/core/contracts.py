@@ -111,6 +111,19 @@ class ServerEnv:
     TERMINATION_LOG: Final = "MODELYARD_TERMINATION_LOG"
 
 
+#: Seconds a keep-alive connection to a server or a router is used before it is closed,
+#: after an answer (``Connection: close`` from the servers, nginx's ``keepalive_time`` in
+#: the router): a client pinned to a pod by kube-proxy reconnects, through the Service,
+#: at least this often.
+DEFAULT_MAX_CONNECTION_AGE: Final = 10.0
+#: The preStop pause of the servers' and the router's pods: longer than the connection
+#: age, so every connection in use has been closed after an answer, and its client has
+#: reconnected elsewhere, before the process stops and closes what is left. A shorter
+#: pause closes connections that are in use, and a client sending at that instant gets
+#: no answer (a RemoteProtocolError, not a status).
+DRAIN_SECONDS: Final = int(DEFAULT_MAX_CONNECTION_AGE) + 5
+
+
 class PipelineEnv:
     """Environment variables of pipeline runs (set by the CronJob or the CLI)."""
 

@@ -44,6 +44,8 @@ class Answer:
     version: str
     request_id: str
     seconds: float
+    #: The router's word that a copy went to the shadow (X-Modelyard-Mirrored).
+    mirrored: bool = False
 
 
 def drive(url: str, n: int, clients: int = CLIENTS) -> list[Answer]:
@@ -62,6 +64,7 @@ def drive(url: str, n: int, clients: int = CLIENTS) -> list[Answer]:
                         r.headers.get("x-model-version", ""),
                         r.headers.get("x-request-id", ""),
                         time.perf_counter() - started,
+                        r.headers.get("x-modelyard-mirrored") == "1",
                     )
                 )
         return answers
@@ -175,6 +178,8 @@ def test_ten_percent_to_the_candidate_and_twenty_percent_mirrored(
         + log_tail(nginx.log)
     )
     assert_share(len(mirrored), n, 20, "mirrored share at 20%")
+    # The router tells each client whether its request was mirrored, and it is right.
+    assert {a.request_id for a in answers if a.mirrored} == mirrored
     answered = wait_for_log(variant_servers.stable.prediction_log, client_ids) | wait_for_log(
         variant_servers.candidate.prediction_log, client_ids
     )

@@ -270,6 +270,42 @@ def test_a_shadow_runs_its_version_and_the_router_mirrors_to_it(registry: Regist
     }
 
 
+def test_a_shadow_has_its_own_size_when_the_spec_gives_one(registry: Registry) -> None:
+    """A shadow serves no client: one small pod beside four large live ones."""
+    from modelyard.operator.resolve import resolve_shadow
+
+    small = {"requests": {"cpu": "50m", "memory": "256Mi"}, "limits": {"cpu": "200m"}}
+    large = {"requests": {"cpu": "1", "memory": "1Gi"}}
+    spec = {
+        "model": {"name": "churn", "alias": "champion"},
+        "server": {"replicas": 4, "resources": large},
+        "rollout": {
+            "shadow": {"alias": "challenger", "percent": 20, "replicas": 1, "resources": small}
+        },
+    }
+    v1, v2 = registry.version(), registry.version()
+    registry.alias("champion", v1)
+    registry.alias("challenger", v2)
+    status = live(registry, spec, v1)
+    ours = ModelDeploymentSpec.parse(spec)
+    resolver = Resolver(Registries(client.ApiClient(), timeout=2.0), interval=30)
+    target = resolve_model(resolver, ours, NS, {}, RegistryPolicy(registry.uri)).target
+    shadow = resolve_shadow(resolver, ours, target)
+    plan = decide(body(spec, status), registry.uri, deployment=serving(v1, 4), shadow=shadow)
+    made = deployments(plan)
+
+    def sized(deployment: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        return deployment["spec"]["replicas"], container["resources"]
+
+    assert sized(made[f"{NAME}-shadow"]) == (1, small)
+    assert sized(made[NAME]) == (4, large)
+    # Without a size of its own, the shadow is sized as the live version.
+    del spec["rollout"]["shadow"]["replicas"], spec["rollout"]["shadow"]["resources"]
+    plan = decide(body(spec, status), registry.uri, deployment=serving(v1, 4), shadow=shadow)
+    assert sized(deployments(plan)[f"{NAME}-shadow"]) == (4, large)
+
+
 def test_a_shadow_is_compared_on_a_schedule_and_its_comparison_is_in_the_status(
     registry: Registry,
 ) -> None:
