@@ -8,7 +8,9 @@ Each run, on fresh namespaces:
   1. the operator starts; N ModelDeployments are created (8 client threads);
      "to status" is the time from the first create until every one has its server
      Deployment and Service and a status for its generation with ModelResolved=True;
-  2. RSS of the operator at N, then a soak (--soak-seconds; nothing changes): its RSS
+  2. settled (the Deployment controller has seen every Deployment and the operator made
+     no write for 20 s: "until the operator's last write"), RSS of the operator at N,
+     then a soak (--soak-seconds; nothing changes): its RSS
      every 5 s (growth = last - first sample), and the registry and API requests per
      minute (the mlflow server's access log; the API server's apiserver_request_total,
      without the benchmark's own scrapes);
@@ -19,7 +21,8 @@ Each run, on fresh namespaces:
      API requests per minute over --idle-seconds;
   5. nothing runs: the control plane's own requests over --idle-seconds (the baseline
      subtracted from both operators' API rates);
-  6. the namespaces are deleted (the operator runs again for its finalizers).
+  6. the namespaces are deleted (finalizers removed by the benchmark: the operator's
+     deletion path is not measured here).
 
 The cluster is yours: KUBECONFIG (or --kubeconfig) of a running API server whose service
 range holds N Services (hack/cluster.sh with SERVICE_CIDR=10.x.0.0/16; the default /24
@@ -192,6 +195,20 @@ class Proc:
     popen: subprocess.Popen[bytes]
     log: Path
     health: str
+    metrics: str = ""
+
+    def metric(self, name: str) -> float:
+        """The sum of a metric's samples on the operator's /metrics."""
+        import httpx
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(self.metrics, timeout=10).text
+        return sum(
+            s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == name
+        )
 
     def rss_mib(self) -> float:
         for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
@@ -228,12 +245,12 @@ def start(name: str, argv: list[str], workdir: Path, port: int, env: dict[str, s
 
 
 def start_operator(workdir: Path, kubeconfig: str, workers: int | None) -> Proc:
-    port = free_port()
+    port, metrics_port = free_port(), free_port()
     env = {
         "KUBECONFIG": kubeconfig,
         "MODELYARD_ALLOWED_REGISTRIES": "http://127.0.0.1:*",
         "MODELYARD_SERVER_IMAGE": "modelyard/server:bench",
-        "MODELYARD_METRICS_PORT": str(free_port()),
+        "MODELYARD_METRICS_PORT": str(metrics_port),
     }
     if workers is not None:
         env["MODELYARD_RECONCILE_WORKERS"] = str(workers)
@@ -243,7 +260,9 @@ def start_operator(workdir: Path, kubeconfig: str, workers: int | None) -> Proc:
         "--liveness",
         f"http://127.0.0.1:{port}/healthz",
     ]
-    return start("operator", argv, workdir, port, env)
+    proc = start("operator", argv, workdir, port, env)
+    proc.metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+    return proc
 
 
 def start_floor(workdir: Path, kubeconfig: str) -> Proc:
@@ -289,6 +308,15 @@ def done_count(kube: Kube, namespaces: list[str]) -> int:
             ):
                 done += 1
     return done
+
+
+def observed_all(kube: Kube, namespaces: list[str]) -> bool:
+    """Every server Deployment's spec seen by the Deployment controller."""
+    return all(
+        (d.status.observed_generation or 0) >= d.metadata.generation
+        for ns in namespaces
+        for d in kube.apps.list_namespaced_deployment(ns).items
+    )
 
 
 def wait(what: str, check: Callable[[], bool], timeout: float, interval: float = 1.0) -> float:
@@ -356,7 +384,24 @@ def one_run(
             result["to_status_s"] = None
             result["done_at_timeout"] = progress["done"]
         log(f"run {run}: to status {result['to_status_s']} ({progress['done']}/{n})")
-        time.sleep(10)  # the last writes' echoes
+        # Settled: the controller-manager has caught up with every Deployment (its own
+        # client is rate-limited) and the operator has made no write for 20 s.
+        writes = {"last": -1.0, "since": time.monotonic()}
+
+        def quiet() -> bool:
+            now = operator.metric("modelyard_operator_api_writes_total")
+            if now != writes["last"]:
+                writes["last"], writes["since"] = now, time.monotonic()
+            return time.monotonic() - writes["since"] >= 20 and observed_all(kube, namespaces)
+
+        try:
+            wait("the operator to stop writing", quiet, args.timeout, interval=2)
+            result["to_quiet_s"] = time.monotonic() - started - 20
+        except TimeoutError:
+            result["to_quiet_s"] = None
+        result["writes_to_quiet"] = writes["last"]
+        result["reconciles_to_quiet"] = operator.metric("modelyard_operator_reconciles_total")
+        log(f"run {run}: quiet at {result['to_quiet_s']}s after {writes['last']:.0f} writes")
         result["operator_rss_mib"] = operator.rss_mib()
 
         # Soak: nothing changes; RSS samples and the requests of both sides.
@@ -421,19 +466,24 @@ def one_run(
     time.sleep(args.idle_seconds)
     result["baseline_api"] = per_minute(before, kube.requests(), time.monotonic() - t0).__dict__
 
-    # Clean up (not measured): the operator removes its finalizers.
-    operator = start_operator(workdir, args.kubeconfig, args.workers)
-    try:
-        for ns in namespaces:
-            kube.core.delete_namespace(ns)
+    # Clean up (not measured; the operator's deletion path is not what this measures,
+    # and with it 1,000 deletions took about 15 minutes): finalizers off, namespaces gone.
+    def release(item: tuple[str, str, str]) -> None:
+        ns, name, _ = item
+        kube.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, ns, PLURAL, name, {"metadata": {"finalizers": None}}
+        )
 
-        def gone() -> bool:
-            existing = {n.metadata.name for n in kube.core.list_namespace().items}
-            return not existing & set(namespaces)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(release, placed))
+    for ns in namespaces:
+        kube.core.delete_namespace(ns)
 
-        wait("the namespaces to be deleted", gone, 900, interval=3)
-    finally:
-        operator.stop()
+    def gone() -> bool:
+        existing = {n.metadata.name for n in kube.core.list_namespace().items}
+        return not existing & set(namespaces)
+
+    wait("the namespaces to be deleted", gone, 900, interval=3)
     return result
 
 
@@ -459,6 +509,12 @@ def table(runs: list[dict[str, Any]]) -> str:
 
     rows = [
         ("time to children + status, all (s)", med(runs, lambda r: r["to_status_s"]), None, "< 60"),
+        (
+            "  until the operator's last write (s)",
+            med(runs, lambda r: r.get("to_quiet_s")),
+            None,
+            "",
+        ),
         ("  creating them (s, client side)", med(runs, lambda r: r["create_s"]), None, ""),
         (
             "RSS at N (MiB)",
