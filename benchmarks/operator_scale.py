@@ -610,6 +610,11 @@ def main() -> None:
         help="spec.server.replicas of each (0: no pods; 1 needs a node).",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        help="MODELYARD_RECONCILE_WORKERS of the operator (default: the operator's own, 4).",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=600,
