@@ -4,7 +4,6 @@ real Prometheus (Debian's package, hack/deps.sh installs it) scraping the same s
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,12 +11,12 @@ from typing import TYPE_CHECKING
 
 import httpx
 import pytest
-import yaml
 
 from modelyard.core import contracts as c
 from modelyard.operator.collect import PodMetricsCollector, PrometheusCollector, Target
 from tests.integration.serving.conftest import MODEL_NAME
-from tests.support.servers import ServerProcess, free_port, start_server
+from tests.support.prometheus import start_prometheus, wait_until_up
+from tests.support.servers import ServerProcess
 
 if TYPE_CHECKING:
     from tests.integration.serving.conftest import ServerUnderTest, Variants
@@ -98,37 +97,17 @@ def test_interval_numbers_from_real_servers_through_a_restart(
 @pytest.fixture
 def prometheus(variant_servers: Variants, tmp_path: Path) -> Iterator[ServerProcess]:
     """A real Prometheus scraping the stable and candidate servers twice a second."""
-    binary = shutil.which("prometheus")
-    if binary is None:
-        pytest.fail("prometheus is not installed: run hack/deps.sh (Debian's prometheus)")
     # Every series exists before Prometheus's first scrape (increase() counts from there).
     for server in (variant_servers.stable, variant_servers.candidate):
         predict(server.url, 1)
-    config = {
-        "global": {"scrape_interval": "500ms", "scrape_timeout": "400ms"},
-        "scrape_configs": [
-            {
-                "job_name": "modelyard-servers",
-                "static_configs": [
-                    {"targets": [server.url.removeprefix("http://")]}
-                    for server in (variant_servers.stable, variant_servers.candidate)
-                ],
-            }
-        ],
-    }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    server = start_server(
+    server = start_prometheus(
         [
-            binary,
-            f"--config.file={tmp_path / 'prometheus.yml'}",
-            f"--storage.tsdb.path={tmp_path / 'data'}",
-            f"--web.listen-address=127.0.0.1:{port}",
+            s.url.removeprefix("http://")
+            for s in (variant_servers.stable, variant_servers.candidate)
         ],
-        port,
-        "/-/ready",
-        tmp_path / "prometheus.log",
-        timeout=60,
+        tmp_path,
+        job="modelyard-servers",
+        interval=0.5,
     )
     yield server
     server.stop()
@@ -138,10 +117,7 @@ def test_prometheus_gives_the_same_numbers_as_the_scrapes(
     variant_servers: Variants, prometheus: ServerProcess
 ) -> None:
     prom = PrometheusCollector(prometheus.url)
-    deadline = time.monotonic() + 30
-    while prom.query('count(up{job="modelyard-servers"} == 1)') != 2:
-        assert time.monotonic() < deadline, "Prometheus did not scrape both servers"
-        time.sleep(0.5)
+    wait_until_up(prom.query, "modelyard-servers", 2)
     window = 30.0
     started = time.monotonic()
     collector = PodMetricsCollector()
