@@ -121,16 +121,21 @@ class MlflowServer:
 
 
 def start_mlflow_server(
-    root: Path, port: int, *, auth: dict[str, str] | None = None
+    root: Path,
+    port: int,
+    *,
+    auth: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], Path]:
     """``mlflow server`` on SQLite under ``root``. With ``auth`` (each user's password,
     as the credentials Secret holds them), its users are created first by ``modelyard
-    registry init-users`` and the server runs its basic-auth app, as the chart does."""
+    registry init-users`` and the server runs its basic-auth app, as the chart does.
+    ``env``: more of the server's environment (e.g. its webhook settings)."""
     root.mkdir(parents=True, exist_ok=True)
     log = root / "mlflow-server.log"
     mlflow_bin = shutil.which("mlflow", path=str(VENV_BIN)) or "mlflow"
     # As the chart runs it: without MLflow's job runners (GenAI jobs; a dozen processes).
-    env = subprocess_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false")
+    env = subprocess_env(MLFLOW_SERVER_ENABLE_JOB_EXECUTION="false", **(env or {}))
     extra: list[str] = []
     if auth is not None:
         from modelyard.core.contracts import RegistryUsers

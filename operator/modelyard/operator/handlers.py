@@ -24,6 +24,7 @@ from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
 from modelyard.core import contracts as c
+from modelyard.core.contracts import RegistryWebhook
 from modelyard.core.redaction import install_log_redaction, redact_uri
 from modelyard.operator.approvals import Decision, unmatched
 from modelyard.operator.canary import CANARY_SUFFIX, rollout_command
@@ -50,6 +51,7 @@ from modelyard.operator.resource import (
 )
 from modelyard.operator.scheduler import Scheduler
 from modelyard.operator.settings import OperatorSettings
+from modelyard.operator.webhooks import WebhookReceiver
 from modelyard.operator.workqueue import WorkQueue
 
 MANAGED_BY = {c.LABEL_MANAGED_BY: c.MANAGED_BY}
@@ -137,6 +139,17 @@ def configure(
         memo.leftovers = LeftoverTags(api_client, *ours.leftover_tags_ref, ours.api_timeout)
         memo.sweeper = Sweeper(op, memo.leftovers, interval=ours.leftover_sweep_interval)
     op.metrics.queue_depth.set_function(lambda: len(queue))
+    memo.webhooks = None
+    if ours.webhook_port:
+        # Before any thread starts: a port in use fails the start-up with nothing running.
+        memo.webhooks = WebhookReceiver(
+            ours.webhook_secret.get_secret_value(),
+            scheduler.poke,
+            op.metrics,
+            tolerance=ours.webhook_tolerance,
+        )
+        port = memo.webhooks.serve(ours.webhook_port)
+        logger.info("MLflow webhooks at http://0.0.0.0:%d%s", port, RegistryWebhook.PATH)
     queue.start()
     scheduler.start()
     if memo.sweeper is not None:
@@ -145,9 +158,10 @@ def configure(
         port = op.metrics.serve(ours.metrics_port)
         logger.info("metrics at http://0.0.0.0:%d/metrics", port)
     logger.info(
-        "modelyard operator: resolve interval %ss, %d workers, default registry %s, "
+        "modelyard operator: resolve interval %ss (webhooks %s), %d workers, default registry %s, "
         "server image %s",
         ours.resolve_interval,
+        "on" if memo.webhooks is not None else "off",
         ours.reconcile_workers,
         redact_uri(ours.default_tracking_uri) if ours.default_tracking_uri else "(none)",
         ours.server_image,
@@ -156,6 +170,8 @@ def configure(
 
 @kopf.on.cleanup()
 def shut_down(*, memo: kopf.Memo, **_: Any) -> None:
+    if memo.get("webhooks") is not None:
+        memo.webhooks.close()
     memo.scheduler.stop()
     if memo.get("sweeper") is not None:
         memo.sweeper.stop()

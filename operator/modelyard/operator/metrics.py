@@ -70,6 +70,13 @@ class OperatorMetrics:
             ["condition", "status"],
             registry=self.registry,
         )
+        self.webhook_deliveries = Counter(
+            "modelyard_operator_webhook_deliveries_total",
+            "MLflow registry webhook deliveries, by outcome (accepted, ignored, duplicate, "
+            "unsigned, forged, stale, invalid, not_leader).",
+            ["outcome"],
+            registry=self.registry,
+        )
         self._server: Any = None
 
     def serve(self, port: int, address: str = "0.0.0.0") -> int:
@@ -79,7 +86,12 @@ class OperatorMetrics:
         return int(server.server_address[1])
 
     def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        close_server(self._server)
+        self._server = None
+
+
+def close_server(server: Any) -> None:
+    """Stop an HTTP server serving on its own thread (None: nothing to stop)."""
+    if server is not None:
+        server.shutdown()
+        server.server_close()

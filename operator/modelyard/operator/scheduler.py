@@ -6,13 +6,15 @@ check reports through the version's tags; and a shadow's reference, which moves 
 its comparison as a tag), shared by every ModelDeployment that
 follows it, and queues only the ModelDeployments whose answer changed. An unchanged
 registry costs one read per distinct reference and nothing else: no Kubernetes request,
-no registry write.
+no registry write. A registry webhook (:mod:`modelyard.operator.webhooks`) names a model
+whose references are then re-resolved at once (``poke``), between passes.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -129,6 +131,41 @@ class Scheduler(Periodic):
         self.op = op
         self.enqueue = enqueue
         self.parallelism = parallelism
+        self._wake = threading.Event()
+        self._poke_lock = threading.Lock()
+        self._poked: set[str] = set()
+        #: Passes made for webhooks, between the periodic ones (read by tests).
+        self.poked_passes = 0
+
+    def poke(self, model: str) -> None:
+        """Re-resolve the followed references to ``model`` now, on the scheduler's
+        thread (the caller, a webhook, does not wait for the registry)."""
+        with self._poke_lock:
+            self._poked.add(model)
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        super().stop()
+
+    def _run(self) -> None:
+        due = time.monotonic() + self.interval
+        while not self._stop.is_set():
+            self._wake.wait(max(0.0, due - time.monotonic()))
+            if self._stop.is_set():
+                return
+            self._wake.clear()
+            with self._poke_lock:
+                models, self._poked = self._poked, set()
+            try:
+                if time.monotonic() >= due:
+                    due = time.monotonic() + self.interval
+                    self.tick()  # every reference, the poked ones with them
+                elif models:
+                    self.tick(models)
+            except Exception:  # the loop must outlive any one bad pass
+                logger.exception("%s pass failed", self.name)
 
     def _count_conditions(self) -> None:
         gauge = self.op.metrics.resources
@@ -137,11 +174,14 @@ class Scheduler(Periodic):
             for status in ("True", "False", "Unknown"):
                 gauge.labels(type_, status).set(counts.get((type_, status), 0))
 
-    def tick(self) -> int:
-        """One pass; returns how many ModelDeployments were queued."""
+    def tick(self, models: set[str] | None = None) -> int:
+        """One pass (over the references to ``models`` only, when given); returns how
+        many ModelDeployments were queued."""
         assert self.op.resolver is not None
         resolver = self.op.resolver
         groups = followed_references(self.op)
+        if models is not None:
+            groups = {group: keys for group, keys in groups.items() if group[1].name in models}
 
         def refresh(group: Group) -> tuple[Group, bool]:
             target, ref = group
@@ -156,9 +196,12 @@ class Scheduler(Periodic):
                     for key in groups[group]:
                         self.enqueue(key)
                         queued += 1
-        self.ticks += 1
-        self.op.metrics.scheduler_passes.inc()
-        self._count_conditions()
+        if models is None:
+            self.ticks += 1
+            self.op.metrics.scheduler_passes.inc()
+            self._count_conditions()
+        else:
+            self.poked_passes += 1
         if queued:
             logger.info("registry changes: %d ModelDeployment(s) to reconcile", queued)
         return queued

@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from modelyard.core import contracts as c
 
 
 class OperatorSettings(BaseModel):
     """How the operator behaves; every field has an environment variable."""
+
+    # A validation error never quotes the input (it holds MODELYARD_WEBHOOK_SECRET).
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     # MODELYARD_DEFAULT_TRACKING_URI: registry used when spec.registry.trackingUri is unset.
     default_tracking_uri: str | None = None
@@ -83,6 +86,25 @@ class OperatorSettings(BaseModel):
     shadow_compare_window: str = Field(default="1h", pattern=c.WINDOW_PATTERN)
     # MODELYARD_METRICS_PORT: port of the operator's Prometheus /metrics (0: not served).
     metrics_port: int = Field(default=8081, ge=0, le=65535)
+    # MODELYARD_WEBHOOK_PORT: port of the receiver of MLflow registry webhooks
+    # (POST /webhooks/mlflow; docs/operations.md). 0: no receiver, polling only.
+    webhook_port: int = Field(default=0, ge=0, le=65535)
+    # MODELYARD_WEBHOOK_SECRET: the secret shared with MLflow that signs each delivery
+    # (from a Secret; required with a webhook port). Never printed.
+    webhook_secret: SecretStr = SecretStr("")
+    # MODELYARD_WEBHOOK_TOLERANCE: seconds a delivery's timestamp may be off the
+    # operator's clock; older (replayed) or later ones are refused.
+    webhook_tolerance: float = Field(default=300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _webhook_needs_a_secret(self) -> OperatorSettings:
+        if self.webhook_port and not self.webhook_secret.get_secret_value():
+            raise ValueError(
+                "MODELYARD_WEBHOOK_PORT is set but MODELYARD_WEBHOOK_SECRET is empty: the "
+                "webhook receiver would accept anyone's deliveries. Set the secret from a "
+                "Secret (chart: operator.webhook.secretName)"
+            )
+        return self
 
     @property
     def client_namespaces(self) -> list[str]:

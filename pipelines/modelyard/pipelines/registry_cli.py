@@ -1,4 +1,5 @@
-"""``modelyard registry init-users|grant``: the registry's users and their grants."""
+"""``modelyard registry init-users|grant|webhook ...``: the registry's users, their grants,
+and the webhook that tells the operator of alias moves at once."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+
+from modelyard.core.contracts import RegistryWebhook
 
 console = Console()
 error_console = Console(stderr=True)
@@ -233,4 +236,74 @@ def register(app: typer.Typer) -> None:
             f"on {model!r}: granted "
             + (", ".join(f"{what(u)} to {u}" for u in granted) or "nothing new")
             + (f"; already held by {', '.join(held)}" if held else "")
+        )
+
+    webhook_app = typer.Typer(
+        help=(
+            "MLflow webhooks to the operator: an alias moved or a tag set is acted on at "
+            "once instead of at the next resolve interval (docs/operations.md)."
+        ),
+        no_args_is_help=True,
+    )
+    registry_app.add_typer(webhook_app, name="webhook")
+
+    @webhook_app.command("create")
+    def webhook_create_command(
+        url: Annotated[
+            str,
+            typer.Option(
+                "--url",
+                help="The operator's receiver as MLflow reaches it, e.g. "
+                f"http://modelyard-operator.modelyard:8082{RegistryWebhook.PATH}.",
+            ),
+        ],
+        secret_env: Annotated[
+            str,
+            typer.Option(
+                "--secret-env",
+                help="Environment variable holding the shared secret (the same value as "
+                "the operator's Secret, operator.webhook.secretName); never printed.",
+            ),
+        ] = RegistryWebhook.SECRET_ENV,
+        name: Annotated[
+            str, typer.Option("--name", help="The webhook's name; an existing one is updated.")
+        ] = "modelyard-operator",
+        tracking_uri: Annotated[
+            str,
+            typer.Option("--tracking-uri", envvar="MLFLOW_TRACKING_URI", help="The registry."),
+        ] = "",
+    ) -> None:
+        """Register (or update) the registry-wide webhook sending alias, tag and version
+        events to the operator, signed with the shared secret. Needs an MLflow admin
+        (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD) when the registry has users.
+        Polling goes on beside it: a lost delivery is caught up at the next interval.
+
+        Example:
+        MODELYARD_WEBHOOK_SECRET=$(kubectl -n modelyard get secret modelyard-webhook
+        -o jsonpath='{.data.secret}' | base64 -d) modelyard registry webhook create
+        --url http://modelyard-operator.modelyard:8082/webhooks/mlflow
+        """
+        import os
+
+        from modelyard.pipelines import registry_webhooks as w
+
+        if not tracking_uri:
+            error_console.print("[red]error:[/red] set --tracking-uri or MLFLOW_TRACKING_URI")
+            raise typer.Exit(2)
+        secret = os.environ.get(secret_env, "")
+        if not secret:
+            error_console.print(
+                f"[red]error:[/red] {secret_env} is empty: export the shared secret in it "
+                "(or name another variable with --secret-env)"
+            )
+            raise typer.Exit(2)
+        try:
+            hook = w.register_webhook(tracking_uri, url, secret, name)
+        except w.WebhookError as error:
+            error_console.print(f"[red]error:[/red] {error}", soft_wrap=True)
+            raise typer.Exit(1) from None
+        console.print(
+            f"{'created' if hook.created else 'updated'} webhook {hook.name!r} "
+            f"(id {hook.webhook_id}): {', '.join(hook.events)} -> {hook.url}",
+            soft_wrap=True,
         )

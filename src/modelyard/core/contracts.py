@@ -329,6 +329,34 @@ class RunTags:
     TRIAL_STATE: Final = "modelyard.trial_state"
 
 
+class RegistryWebhook:
+    """MLflow Model Registry webhooks (MLflow 3.3+) delivered to the operator
+    (docs/operations.md): ``modelyard registry webhook create`` registers them, the
+    operator's receiver checks and acts on them. The header names and the signature are
+    MLflow's (``mlflow.webhooks``); the operator image has no MLflow, so they are here."""
+
+    #: The receiver's path on the operator's webhook port (MODELYARD_WEBHOOK_PORT).
+    PATH: Final = "/webhooks/mlflow"
+    #: The shared secret, in the operator's environment (from a Secret) and in the
+    #: environment of whoever registers the webhook.
+    SECRET_ENV: Final = "MODELYARD_WEBHOOK_SECRET"
+    #: The events that can move what a ModelDeployment serves: an alias moved or removed,
+    #: a tag set or removed (a drift result, a shadow's comparison), a new version (a
+    #: stage reference's candidates).
+    EVENTS: Final = (
+        "model_version_alias.created",
+        "model_version_alias.deleted",
+        "model_version_tag.set",
+        "model_version_tag.deleted",
+        "model_version.created",
+    )
+    SIGNATURE_HEADER: Final = "X-MLflow-Signature"
+    TIMESTAMP_HEADER: Final = "X-MLflow-Timestamp"
+    DELIVERY_ID_HEADER: Final = "X-MLflow-Delivery-Id"
+    #: The signature is "v1,<base64 of HMAC-SHA256(secret, f"{id}.{timestamp}.{body}")>".
+    SIGNATURE_VERSION: Final = "v1"
+
+
 #: The training run's sample of its training features: the drift check's reference.
 REFERENCE_ARTIFACT: Final = "reference/data.parquet"
 REFERENCE_MAX_ROWS: Final = 200_000

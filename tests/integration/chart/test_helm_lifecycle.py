@@ -83,6 +83,11 @@ def test_install_upgrade_uninstall(cluster: Any, restricted_namespace: str, rele
         )
         assert answer.stdout.strip() == expected, (verb, resource)
 
+    # The webhook receiver turned on, its shared secret from a Secret (docs/operations.md).
+    cluster.run_kubectl(
+        "create", "secret", "generic", "hook", "-n", ns,
+        "--from-literal=secret=s3cret", "--from-literal=encryption-key=not-read-here",
+    )  # fmt: skip
     upgraded = helm(
         "upgrade",
         release,
@@ -94,10 +99,20 @@ def test_install_upgrade_uninstall(cluster: Any, restricted_namespace: str, rele
         "operator.resolveInterval=5",
         "--set",
         "pipelines.enabled=false",
+        "--set",
+        "operator.webhook.enabled=true",
+        "--set",
+        "operator.webhook.secretName=hook",
         kubeconfig=cluster.kubeconfig,
     )
     assert_no_pod_security_warnings(upgraded.stdout + upgraded.stderr)
     assert operator_env(cluster, ns, release)["MODELYARD_RESOLVE_INTERVAL"] == "5"
+    assert operator_env(cluster, ns, release)["MODELYARD_WEBHOOK_PORT"] == "8082"
+    service = get(cluster, ns, f"service/{release}-modelyard-operator")
+    assert {"name": "webhook", "port": 8082} in [
+        {"name": p["name"], "port": p["port"]} for p in service["spec"]["ports"]
+    ]
+    assert f"{release}-modelyard-operator.{ns}.svc:8082/webhooks/mlflow" in upgraded.stdout
     # No pipelines left; MLflow's own configuration (its users) stays.
     assert names(cluster, ns, "cronjobs,configmaps", selector) == {
         f"configmap/{release}-modelyard-mlflow-auth"
