@@ -32,6 +32,7 @@ from modelyard.operator.crds import ensure_crds
 from modelyard.operator.credentials import ensure_accounts
 from modelyard.operator.events import post_event
 from modelyard.operator.leftovers import LeftoverTags, LeftTags, Sweeper
+from modelyard.operator.metrics import OperatorMetrics
 from modelyard.operator.reconcile import (
     Key,
     Operator,
@@ -117,11 +118,14 @@ def configure(
             create=ours.registry_credentials_create,
             timeout=ours.api_timeout,
         )
+    # `modelyard operator` made the metrics (served while it stood by for the Lease).
+    given: OperatorMetrics | None = memo.get("metrics")
     op = Operator(
         settings=ours,
         api_client=api_client,
         post_event=functools.partial(post_event, api_client),
         accounts=accounts,
+        metrics=given or OperatorMetrics(),
     )
     queue: WorkQueue[Key] = WorkQueue(
         lambda key: run_reconcile(op, key),
@@ -141,7 +145,9 @@ def configure(
     scheduler.start()
     if memo.sweeper is not None:
         memo.sweeper.start()
-    if ours.metrics_port:
+    if given is None:  # run without `modelyard operator` (kopf run, tests): no election
+        op.metrics.leader.set(1)
+    if ours.metrics_port and given is None:
         port = op.metrics.serve(ours.metrics_port)
         logger.info("metrics at http://0.0.0.0:%d/metrics", port)
     logger.info(
