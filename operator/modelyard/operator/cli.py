@@ -57,6 +57,12 @@ def register(app: typer.Typer) -> None:
         """Run the Kopf operator that reconciles ModelDeployment resources.
 
         It uses the in-cluster service account, or $KUBECONFIG outside a cluster.
+
+        Of the replicas running, only the holder of a Lease acts
+        (MODELYARD_LEADER_ELECTION_LEASE in MODELYARD_LEADER_ELECTION_NAMESPACE,
+        default: the pod's own namespace); the others stand by, serving their
+        metrics and liveness endpoint. A replica that loses the Lease exits
+        (status 3). MODELYARD_LEADER_ELECTION=false: act at once, alone.
         """
         from modelyard.operator.runtime import run
 

@@ -33,6 +33,7 @@ from modelyard.operator.crds import ensure_crds
 from modelyard.operator.credentials import ensure_accounts
 from modelyard.operator.events import post_event
 from modelyard.operator.leftovers import LeftoverTags, LeftTags, Sweeper
+from modelyard.operator.metrics import OperatorMetrics
 from modelyard.operator.reconcile import (
     Key,
     Operator,
@@ -119,11 +120,14 @@ def configure(
             create=ours.registry_credentials_create,
             timeout=ours.api_timeout,
         )
+    # `modelyard operator` made the metrics (served while it stood by for the Lease).
+    given: OperatorMetrics | None = memo.get("metrics")
     op = Operator(
         settings=ours,
         api_client=api_client,
         post_event=functools.partial(post_event, api_client),
         accounts=accounts,
+        metrics=given or OperatorMetrics(),
     )
     queue: WorkQueue[Key] = WorkQueue(
         lambda key: run_reconcile(op, key),
@@ -139,29 +143,35 @@ def configure(
         memo.leftovers = LeftoverTags(api_client, *ours.leftover_tags_ref, ours.api_timeout)
         memo.sweeper = Sweeper(op, memo.leftovers, interval=ours.leftover_sweep_interval)
     op.metrics.queue_depth.set_function(lambda: len(queue))
-    memo.webhooks = None
-    if ours.webhook_port:
+    # `modelyard operator` serves the receiver on every replica (runtime.py): attach.
+    given_hooks: WebhookReceiver | None = memo.get("webhooks")
+    memo.own_webhooks = None
+    if given_hooks is not None:
+        given_hooks.attach(scheduler.poke)
+    elif ours.webhook_port:
         # Before any thread starts: a port in use fails the start-up with nothing running.
-        memo.webhooks = WebhookReceiver(
+        memo.own_webhooks = memo.webhooks = WebhookReceiver(
             ours.webhook_secret.get_secret_value(),
             scheduler.poke,
             op.metrics,
             tolerance=ours.webhook_tolerance,
         )
-        port = memo.webhooks.serve(ours.webhook_port)
+        port = memo.own_webhooks.serve(ours.webhook_port)
         logger.info("MLflow webhooks at http://0.0.0.0:%d%s", port, RegistryWebhook.PATH)
     queue.start()
     scheduler.start()
     if memo.sweeper is not None:
         memo.sweeper.start()
-    if ours.metrics_port:
+    if given is None:  # run without `modelyard operator` (kopf run, tests): no election
+        op.metrics.leader.set(1)
+    if ours.metrics_port and given is None:
         port = op.metrics.serve(ours.metrics_port)
         logger.info("metrics at http://0.0.0.0:%d/metrics", port)
     logger.info(
         "modelyard operator: resolve interval %ss (webhooks %s), %d workers, default registry %s, "
         "server image %s",
         ours.resolve_interval,
-        "on" if memo.webhooks is not None else "off",
+        "on" if memo.get("webhooks") is not None else "off",
         ours.reconcile_workers,
         redact_uri(ours.default_tracking_uri) if ours.default_tracking_uri else "(none)",
         ours.server_image,
@@ -170,8 +180,8 @@ def configure(
 
 @kopf.on.cleanup()
 def shut_down(*, memo: kopf.Memo, **_: Any) -> None:
-    if memo.get("webhooks") is not None:
-        memo.webhooks.close()
+    if memo.get("own_webhooks") is not None:
+        memo.own_webhooks.close()
     memo.scheduler.stop()
     if memo.get("sweeper") is not None:
         memo.sweeper.stop()

@@ -77,6 +77,11 @@ class OperatorMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.leader = Gauge(
+            "modelyard_operator_leader",
+            "1 on the replica that holds the Lease and acts, 0 on a standby.",
+            registry=self.registry,
+        )
         self._server: Any = None
 
     def serve(self, port: int, address: str = "0.0.0.0") -> int:

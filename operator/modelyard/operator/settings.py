@@ -106,6 +106,39 @@ class OperatorSettings(BaseModel):
             )
         return self
 
+    # MODELYARD_LEADER_ELECTION: of the replicas of `modelyard operator`, only the holder of
+    # a coordination.k8s.io Lease acts; the others stand by (docs/operations.md, "High
+    # availability"). false: this process acts at once, alone (never run two that way).
+    leader_election: bool = True
+    # MODELYARD_LEADER_ELECTION_LEASE: the Lease's name (the chart: the operator's fullname).
+    leader_election_lease: str = "modelyard-operator"
+    # MODELYARD_LEADER_ELECTION_NAMESPACE: the Lease's namespace; empty: the pod's own
+    # (its service account's), else "default".
+    leader_election_namespace: str = ""
+    # MODELYARD_LEADER_ELECTION_LEASE_DURATION: seconds a standby waits after the Lease
+    # was last renewed before taking it (the longest handover after a leader dies).
+    leader_election_lease_duration: float = Field(default=15.0, gt=0)
+    # MODELYARD_LEADER_ELECTION_RENEW_DEADLINE: seconds the leader keeps acting without a
+    # successful renewal; then it stops (exits) before a standby may take over.
+    leader_election_renew_deadline: float = Field(default=10.0, gt=0)
+    # MODELYARD_LEADER_ELECTION_RETRY_PERIOD: seconds between attempts to renew or take it.
+    leader_election_retry_period: float = Field(default=2.0, gt=0)
+    # MODELYARD_POD_NAME: this replica's name in the Lease's holderIdentity (the chart sets
+    # the pod's name; default: the host name), followed by a random suffix per process.
+    pod_name: str = ""
+
+    @model_validator(mode="after")
+    def _leader_election_timing(self) -> OperatorSettings:
+        retry = self.leader_election_retry_period
+        deadline = self.leader_election_renew_deadline
+        duration = self.leader_election_lease_duration
+        if not retry < deadline < duration:
+            raise ValueError(
+                "MODELYARD_LEADER_ELECTION_RETRY_PERIOD < _RENEW_DEADLINE < _LEASE_DURATION "
+                f"is needed, got {retry} < {deadline} < {duration}"
+            )
+        return self
+
     @property
     def client_namespaces(self) -> list[str]:
         return [x for x in self.server_client_namespaces.replace(",", " ").split() if x]

@@ -66,13 +66,15 @@ class WebhookReceiver:
 
     ``is_leader`` is the seam for leader election: a replica that is not the active one
     answers 503 (MLflow retries, and the Service may route the retry to the active one);
-    by default every replica is the active one.
+    by default every replica is the active one. ``modelyard operator`` serves the receiver
+    on every replica from the start, with no ``on_model`` yet: it answers 503 until the
+    replica leads and its scheduler is attached (:meth:`attach`).
     """
 
     def __init__(
         self,
         secret: str,
-        on_model: Callable[[str], None],
+        on_model: Callable[[str], None] | None,
         metrics: OperatorMetrics,
         *,
         tolerance: float = 300.0,
@@ -100,8 +102,12 @@ class WebhookReceiver:
         self._metrics.webhook_deliveries.labels(answer.outcome).inc()
         return answer
 
+    def attach(self, on_model: Callable[[str], None]) -> None:
+        """The scheduler to poke, once this replica acts."""
+        self._on_model = on_model
+
     def _check(self, headers: Mapping[str, str], body: bytes) -> Answer:
-        if not self._is_leader():
+        if self._on_model is None or not self._is_leader():
             return Answer(503, "not_leader", "this operator replica is not the active one")
         lower = {k.lower(): v for k, v in headers.items()}
         signed = lower.get(Hook.SIGNATURE_HEADER.lower())
@@ -173,7 +179,10 @@ class WebhookReceiver:
         if isinstance(key, str) and key.startswith(c.DEPLOYED_TAG_PREFIX + "/"):
             # The operator's own record of where a version is live: nothing to follow.
             return Answer(200, "ignored", f"tag {key} is the operator's own")
-        self._on_model(model)
+        poke = self._on_model
+        if poke is None:  # detached meanwhile (the replica stopped acting)
+            return Answer(503, "not_leader", "this operator replica is not the active one")
+        poke(model)
         logger.info("webhook %s for model %s: re-resolving its references now", event, model)
         return Answer(
             200, "accepted", f"{event}: the references to model {model!r} are re-resolved"

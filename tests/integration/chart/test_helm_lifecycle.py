@@ -36,6 +36,26 @@ def assert_no_pod_security_warnings(output: str) -> None:
     assert "PodSecurity" not in output
 
 
+def assert_lease_permissions(cluster: Any, ns: str, release: str) -> None:
+    """The operator's Lease (leader election) in its own namespace, and no other."""
+    sa = f"system:serviceaccount:{ns}:{release}-modelyard-operator"
+    lease = f"leases.coordination.k8s.io/{release}-modelyard-operator"
+    for verb, resource, namespace, expected in (
+        ("get", lease, ns, "yes"),
+        ("update", lease, ns, "yes"),
+        ("create", "leases.coordination.k8s.io", ns, "yes"),
+        ("update", "leases.coordination.k8s.io/kube-scheduler", ns, "no"),
+        ("delete", lease, ns, "no"),
+        ("list", "leases.coordination.k8s.io", ns, "no"),
+        ("update", lease, "kube-system", "no"),
+        ("create", "leases.coordination.k8s.io", "kube-system", "no"),
+    ):
+        answer = cluster.run_kubectl(
+            "auth", "can-i", verb, resource, "-n", namespace, "--as", sa, check=False
+        )
+        assert answer.stdout.strip() == expected, (verb, resource, namespace)
+
+
 def test_install_upgrade_uninstall(cluster: Any, restricted_namespace: str, release: str) -> None:
     ns = restricted_namespace
     selector = f"app.kubernetes.io/instance={release}"
@@ -64,7 +84,10 @@ def test_install_upgrade_uninstall(cluster: Any, restricted_namespace: str, rele
     )
     # The Deployment controller made its pods: admitted under "restricted".
     pods = names(cluster, ns, "pods", selector)
-    assert len(pods) == 2, pods
+    assert len(pods) == 3, pods  # two operator replicas (one acts), the registry
+    assert names(cluster, ns, "poddisruptionbudgets", selector) == {
+        f"poddisruptionbudget.policy/{release}-modelyard-operator"
+    }
     # Cluster-wide: what the operator needs in every namespace, and nothing more.
     sa = f"system:serviceaccount:{ns}:{release}-modelyard-operator"
     for verb, resource, expected in (
@@ -82,6 +105,7 @@ def test_install_upgrade_uninstall(cluster: Any, restricted_namespace: str, rele
             "auth", "can-i", verb, resource, "-n", "default", "--as", sa, check=False
         )
         assert answer.stdout.strip() == expected, (verb, resource)
+    assert_lease_permissions(cluster, ns, release)
 
     # The webhook receiver turned on, its shared secret from a Secret (docs/operations.md).
     cluster.run_kubectl(
@@ -211,7 +235,10 @@ def test_namespaced_mode(
         f"rolebinding.rbac.authorization.k8s.io/{release}-modelyard-operator-registry-credentials",
         f"role.rbac.authorization.k8s.io/{release}-modelyard-operator-leftover-tags",
         f"rolebinding.rbac.authorization.k8s.io/{release}-modelyard-operator-leftover-tags",
+        f"role.rbac.authorization.k8s.io/{release}-modelyard-operator-leader-election",
+        f"rolebinding.rbac.authorization.k8s.io/{release}-modelyard-operator-leader-election",
     }
+    assert_lease_permissions(cluster, ns, release)
     leftover = f"configmaps/{release}-modelyard-operator-leftover-tags"
     for verb, resource, expected in (
         ("patch", leftover, "yes"),

@@ -97,7 +97,7 @@ def test_no_wildcards(values: Path) -> None:
             # Names narrow only the verbs RBAC checks against one object's name: with
             # create, list, watch or deletecollection they would grant every object.
             if "resourceNames" in rule:
-                assert set(rule["verbs"]) <= {"get", "patch"}, (role, rule)
+                assert set(rule["verbs"]) <= {"get", "patch", "update"}, (role, rule)
 
 
 def test_the_operator_patches_only_its_own_crds() -> None:
@@ -183,6 +183,39 @@ def test_the_operator_keeps_its_leftover_tags_in_one_configmap_of_its_namespace(
     assert LEFTOVER_TAGS not in {r["metadata"]["name"] for r in find(objects, "Role")}
 
 
+#: The Lease that decides which operator replica acts (docs/operations.md).
+LEADER_ELECTION = "my-modelyard-operator-leader-election"
+
+
+@pytest.mark.parametrize("mode", [(), ("--set", "operator.watchNamespaces={team-a}")])
+def test_the_operator_may_hold_one_lease_in_its_namespace(mode: tuple[str, ...]) -> None:
+    objects = render(*mode)
+    role = one(objects, "Role", LEADER_ELECTION)
+    assert role["metadata"]["namespace"] == "ml"
+    assert role["rules"] == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["my-modelyard-operator"],
+            "verbs": ["get", "update"],
+        },
+        # Kubernetes cannot limit create to a name.
+        {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
+    ]
+    binding = one(objects, "RoleBinding", LEADER_ELECTION)
+    assert binding["roleRef"]["name"] == LEADER_ELECTION
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "my-modelyard-operator", "namespace": "ml"}
+    ]
+    env = operator_env(objects)
+    assert env["MODELYARD_LEADER_ELECTION"] == "true"
+    assert env["MODELYARD_LEADER_ELECTION_LEASE"] == "my-modelyard-operator"
+    assert env["MODELYARD_LEADER_ELECTION_NAMESPACE"] == "ml"
+    # Nowhere else: no ClusterRole grants Leases.
+    for cluster_role in find(objects, "ClusterRole"):
+        assert ("coordination.k8s.io", "leases") not in permissions(cluster_role)
+
+
 #: The pipelines' orchestrator, in its own namespace (tests/unit/chart/test_pipelines_contract.py).
 PIPELINES = "my-modelyard-pipelines"
 
@@ -190,7 +223,12 @@ PIPELINES = "my-modelyard-pipelines"
 def operator_roles(objects: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     """The operator's Roles of the watched namespaces (not the pipelines' Role, nor the
     one that reads the registry credentials in the release's namespace)."""
-    others = {PIPELINES, "my-modelyard-operator-registry-credentials", LEFTOVER_TAGS}
+    others = {
+        PIPELINES,
+        "my-modelyard-operator-registry-credentials",
+        LEFTOVER_TAGS,
+        LEADER_ELECTION,
+    }
     return [o for o in find(objects, kind) if o["metadata"]["name"] not in others]
 
 

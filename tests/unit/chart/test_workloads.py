@@ -63,14 +63,25 @@ def test_every_pod_is_restricted(values: Path) -> None:
 
 def test_operator(default_objects: list[dict[str, Any]]) -> None:
     deployment = one(default_objects, "Deployment", OPERATOR)
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    # Two replicas, one acts (the Lease's holder); an update replaces one pod at a time.
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
+    }
     c = container(deployment)
     assert c["image"] == "ghcr.io/modelyard/modelyard/operator:0.1.0"  # the published image
     assert c["imagePullPolicy"] == "IfNotPresent"
     assert c["command"] == ["modelyard", "operator"]
     assert "--liveness=http://0.0.0.0:8080/healthz" in c["args"]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    # A standby answers it too: Ready, so rollouts and the PodDisruptionBudget count it.
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    pdb = one(default_objects, "PodDisruptionBudget", OPERATOR)
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    pod_name = next(e for e in c["env"] if e["name"] == "MODELYARD_POD_NAME")
+    assert pod_name["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert c["ports"] == [
         {"name": "health", "containerPort": 8080, "protocol": "TCP"},
         {"name": "metrics", "containerPort": 8081, "protocol": "TCP"},
@@ -92,6 +103,9 @@ def test_operator(default_objects: list[dict[str, Any]]) -> None:
     assert env["MODELYARD_PROMETHEUS_NAMESPACE_LABEL"] == "namespace"
     assert env["MODELYARD_SHADOW_COMPARE_SCHEDULE"] == "*/10 * * * *"
     assert env["MODELYARD_SHADOW_COMPARE_WINDOW"] == "1h"
+    assert env["MODELYARD_LEADER_ELECTION_LEASE_DURATION"] == "15"
+    assert env["MODELYARD_LEADER_ELECTION_RENEW_DEADLINE"] == "10"
+    assert env["MODELYARD_LEADER_ELECTION_RETRY_PERIOD"] == "2"
     assert pod_spec(deployment)["serviceAccountName"] == OPERATOR
     service = one(default_objects, "Service", OPERATOR)
     assert service["spec"]["ports"][0]["port"] == 8080
@@ -120,6 +134,12 @@ def test_operator_settings_from_values() -> None:
     assert env["MODELYARD_PREDICTION_LOG"] == "s3://logs/predictions"
     assert env["MODELYARD_SERVER_IMAGE"] == "ghcr.io/modelyard/modelyard/server:2.0.0"
     assert "--verbose" in c["args"]
+
+
+def test_one_operator_replica_has_no_disruption_budget() -> None:
+    objects = render("--set", "operator.replicas=1")
+    assert one(objects, "Deployment", OPERATOR)["spec"]["replicas"] == 1
+    assert not [o for o in objects if o["kind"] == "PodDisruptionBudget"]
 
 
 def test_mlflow_embedded(default_objects: list[dict[str, Any]]) -> None:

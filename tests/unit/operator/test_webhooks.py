@@ -193,6 +193,23 @@ def test_a_replica_that_is_not_active_asks_for_a_retry() -> None:
         receiving.receiver.close()
 
 
+def test_a_replica_answers_503_until_its_scheduler_is_attached(hook: Receiving) -> None:
+    """`modelyard operator` serves the receiver on a standby too, with nothing to poke
+    until it leads: the delivery is retried, not lost to a refused connection."""
+    standby = WebhookReceiver(SECRET, None, hook.metrics)
+    hook.url = f"http://127.0.0.1:{standby.serve(0, '127.0.0.1')}{RegistryWebhook.PATH}"
+    try:
+        waiting = hook.post(alias_moved("churn"))
+        assert waiting.status_code == 503, waiting.text
+        assert hook.count("not_leader") == 1
+        standby.attach(hook.models.append)
+        accepted = hook.post(alias_moved("churn"))
+        assert accepted.status_code == 200, accepted.text
+        assert hook.models == ["churn"]
+    finally:
+        standby.close()
+
+
 def test_a_webhook_port_without_a_secret_does_not_start() -> None:
     with pytest.raises(ValueError, match="MODELYARD_WEBHOOK_SECRET is empty"):
         OperatorSettings.from_env({"MODELYARD_WEBHOOK_PORT": "8082"})
