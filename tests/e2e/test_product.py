@@ -77,7 +77,9 @@ def test_chart_installs_and_its_pods_run(node_cluster: Any, release: str) -> Non
     available = {
         d["metadata"]["name"]: d["status"].get("availableReplicas", 0) for d in deployments
     }
-    assert available == {f"{RELEASE}-modelyard-operator": 1, f"{RELEASE}-modelyard-mlflow": 1}
+    # The chart's default: two operator replicas (one acts, through a Lease; the other
+    # stands by, Ready), one MLflow.
+    assert available == {f"{RELEASE}-modelyard-operator": 2, f"{RELEASE}-modelyard-mlflow": 1}
     helm = [str(node_cluster.bin_dir / "helm"), "--kubeconfig", str(node_cluster.kubeconfig)]
     tested = subprocess.run(
         [*helm, "test", RELEASE, "-n", release, "--timeout", "5m"],
