@@ -25,19 +25,26 @@ modver() { # modver DIR MODULE -> version required by DIR/go.mod
 
 # build DIR OUTNAME VERSION PKG [extra go build args...]
 build() {
-  local dir=$1 name=$2 version=$3 pkg=$4; shift 4
+  local dir=$1 name=$2 version=$3 pkg=$4 lock_fd; shift 4
   local dest=$bin/versions/$name-$version
   if [[ -x $dest ]]; then
     ln -sf "versions/$name-$version" "$bin/$name"
     return
   fi
-  log "building $name $version (first time; cached afterwards)"
-  local start=$SECONDS
   mkdir -p "$bin/versions"
-  (cd "$here/tools/$dir" && go build -trimpath -o "$dest.tmp" "$@" "$pkg")
-  mv "$dest.tmp" "$dest"
+  # Two runs at once (two worktrees, a test starting a cluster) build it once: the second
+  # waits for the first and then finds the binary.
+  exec {lock_fd}>"$dest.lock"
+  flock "$lock_fd"
+  if [[ ! -x $dest ]]; then
+    log "building $name $version (first time; cached afterwards)"
+    local start=$SECONDS
+    (cd "$here/tools/$dir" && go build -trimpath -o "$dest.tmp.$$" "$@" "$pkg")
+    mv "$dest.tmp.$$" "$dest"
+    log "built $name in $((SECONDS - start))s"
+  fi
+  exec {lock_fd}>&-
   ln -sf "versions/$name-$version" "$bin/$name"
-  log "built $name in $((SECONDS - start))s"
 }
 
 k8s_version=$(modver kubernetes k8s.io/kubernetes)

@@ -313,6 +313,11 @@ load_node_images() {
 # Sourced (by tests), it only defines its functions.
 [[ ${BASH_SOURCE[0]} == "$0" ]] || return 0
 
+# One build at a time on a machine (two worktrees share the cache and the builder's
+# storage); a second run waits, then finds the archives the first one made.
+exec {images_lock}>"$store/.build.lock"
+flock "$images_lock"
+
 case ${1:-all} in
   build) build ;;
   load) load ;;

@@ -54,6 +54,9 @@ class ModelDeployments:
         self.ns = namespace
         self.api_client = api_client
         self.custom = client.CustomObjectsApi(api_client)
+        #: Their children: Deployments, ReplicaSets, Services, Pods, Events, Secrets.
+        self.apps = client.AppsV1Api(api_client)
+        self.core = client.CoreV1Api(api_client)
 
     def create(self, name: str, spec: dict[str, Any]) -> None:
         self.custom.create_namespaced_custom_object(

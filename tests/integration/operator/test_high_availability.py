@@ -107,8 +107,6 @@ class Replica:
 class Cluster(ModelDeployments):
     def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
         super().__init__(api_client, namespace)
-        self.apps = client.AppsV1Api(api_client)
-        self.core = client.CoreV1Api(api_client)
         self.coordination = client.CoordinationV1Api(api_client)
 
     def children(self, name: str) -> dict[str, list[str]]:

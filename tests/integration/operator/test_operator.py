@@ -27,8 +27,6 @@ class Cluster(ModelDeployments):
 
     def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
         super().__init__(api_client, namespace)
-        self.apps = client.AppsV1Api(api_client)
-        self.core = client.CoreV1Api(api_client)
         self.autoscaling = client.AutoscalingV2Api(api_client)
         self.policy = client.PolicyV1Api(api_client)
         self.networking = client.NetworkingV1Api(api_client)

@@ -154,6 +154,15 @@ def operator_env(objects: list[dict[str, Any]]) -> dict[str, str]:
     return {e["name"]: e.get("value") for e in container["env"]}
 
 
+def assert_bound_to_the_operator(objects: list[dict[str, Any]], role: str) -> None:
+    """The Role ``role`` is granted to the operator's ServiceAccount, and only to it."""
+    binding = one(objects, "RoleBinding", role)
+    assert binding["roleRef"]["name"] == role
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "my-modelyard-operator", "namespace": "ml"}
+    ]
+
+
 def test_the_operator_keeps_its_leftover_tags_in_one_configmap_of_its_namespace() -> None:
     # Watching every namespace, the ClusterRole covers the ConfigMap: no Role of its own.
     objects = render("--set", "operator.leftoverSweepInterval=60")
@@ -173,11 +182,7 @@ def test_the_operator_keeps_its_leftover_tags_in_one_configmap_of_its_namespace(
         },
         {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["create"]},
     ]
-    binding = one(objects, "RoleBinding", LEFTOVER_TAGS)
-    assert binding["roleRef"]["name"] == LEFTOVER_TAGS
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "my-modelyard-operator", "namespace": "ml"}
-    ]
+    assert_bound_to_the_operator(objects, LEFTOVER_TAGS)
     # Watching its own namespace, that namespace's Role covers it.
     objects = render("--set", "operator.watchNamespaces={team-a,ml}")
     assert LEFTOVER_TAGS not in {r["metadata"]["name"] for r in find(objects, "Role")}
@@ -202,11 +207,7 @@ def test_the_operator_may_hold_one_lease_in_its_namespace(mode: tuple[str, ...])
         # Kubernetes cannot limit create to a name.
         {"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "verbs": ["create"]},
     ]
-    binding = one(objects, "RoleBinding", LEADER_ELECTION)
-    assert binding["roleRef"]["name"] == LEADER_ELECTION
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": "my-modelyard-operator", "namespace": "ml"}
-    ]
+    assert_bound_to_the_operator(objects, LEADER_ELECTION)
     env = operator_env(objects)
     assert env["MODELYARD_LEADER_ELECTION"] == "true"
     assert env["MODELYARD_LEADER_ELECTION_LEASE"] == "my-modelyard-operator"

@@ -237,9 +237,20 @@ def test_a_rolling_update_has_no_router_and_no_canary(registry: Registry) -> Non
     assert plan.status["rollout"]["strategy"] == "RollingUpdate"
 
 
-def test_a_shadow_runs_its_version_and_the_router_mirrors_to_it(registry: Registry) -> None:
+def live_with_shadow(
+    registry: Registry, spec: dict[str, Any], version: int
+) -> tuple[dict[str, Any], Any]:
+    """The status once ``version`` went live, and the shadow the spec's reference resolves to."""
     from modelyard.operator.resolve import resolve_shadow
 
+    status = live(registry, spec, version)
+    ours = ModelDeploymentSpec.parse(spec)
+    resolver = Resolver(Registries(client.ApiClient(), timeout=2.0), interval=30)
+    target = resolve_model(resolver, ours, NS, {}, RegistryPolicy(registry.uri)).target
+    return status, resolve_shadow(resolver, ours, target)
+
+
+def test_a_shadow_runs_its_version_and_the_router_mirrors_to_it(registry: Registry) -> None:
     spec = {
         "model": {"name": "churn", "alias": "champion"},
         "rollout": {"shadow": {"alias": "challenger", "percent": 20}},
@@ -247,11 +258,7 @@ def test_a_shadow_runs_its_version_and_the_router_mirrors_to_it(registry: Regist
     v1, v2 = registry.version(), registry.version()
     registry.alias("champion", v1)
     registry.alias("challenger", v2)
-    status = live(registry, spec, v1)
-    ours = ModelDeploymentSpec.parse(spec)
-    resolver = Resolver(Registries(client.ApiClient(), timeout=2.0), interval=30)
-    target = resolve_model(resolver, ours, NS, {}, RegistryPolicy(registry.uri)).target
-    shadow = resolve_shadow(resolver, ours, target)
+    status, shadow = live_with_shadow(registry, spec, v1)
     assert shadow is not None and shadow.version == v2
     plan = decide(body(spec, status), registry.uri, deployment=serving(v1), shadow=shadow)
     made = deployments(plan)
@@ -272,8 +279,6 @@ def test_a_shadow_runs_its_version_and_the_router_mirrors_to_it(registry: Regist
 
 def test_a_shadow_has_its_own_size_when_the_spec_gives_one(registry: Registry) -> None:
     """A shadow serves no client: one small pod beside four large live ones."""
-    from modelyard.operator.resolve import resolve_shadow
-
     small = {"requests": {"cpu": "50m", "memory": "256Mi"}, "limits": {"cpu": "200m"}}
     large = {"requests": {"cpu": "1", "memory": "1Gi"}}
     spec = {
@@ -286,11 +291,7 @@ def test_a_shadow_has_its_own_size_when_the_spec_gives_one(registry: Registry) -
     v1, v2 = registry.version(), registry.version()
     registry.alias("champion", v1)
     registry.alias("challenger", v2)
-    status = live(registry, spec, v1)
-    ours = ModelDeploymentSpec.parse(spec)
-    resolver = Resolver(Registries(client.ApiClient(), timeout=2.0), interval=30)
-    target = resolve_model(resolver, ours, NS, {}, RegistryPolicy(registry.uri)).target
-    shadow = resolve_shadow(resolver, ours, target)
+    status, shadow = live_with_shadow(registry, spec, v1)
     plan = decide(body(spec, status), registry.uri, deployment=serving(v1, 4), shadow=shadow)
     made = deployments(plan)
 
@@ -309,8 +310,6 @@ def test_a_shadow_has_its_own_size_when_the_spec_gives_one(registry: Registry) -
 def test_a_shadow_is_compared_on_a_schedule_and_its_comparison_is_in_the_status(
     registry: Registry,
 ) -> None:
-    from modelyard.operator.resolve import resolve_shadow
-
     spec = {
         "model": {"name": "churn", "alias": "champion"},
         "rollout": {"shadow": {"alias": "challenger", "percent": 20}},
@@ -321,11 +320,7 @@ def test_a_shadow_is_compared_on_a_schedule_and_its_comparison_is_in_the_status(
     registry.alias("challenger", v2)
     summary = '{"agreementRate": 0.93, "comparedRows": 410, "stableVersion": "1", "x": 1}'
     registry.tag(v2, {ShadowTags.key(NS, NAME): summary})
-    status = live(registry, spec, v1)
-    ours = ModelDeploymentSpec.parse(spec)
-    resolver = Resolver(Registries(client.ApiClient(), timeout=2.0), interval=30)
-    target = resolve_model(resolver, ours, NS, {}, RegistryPolicy(registry.uri)).target
-    shadow = resolve_shadow(resolver, ours, target)
+    status, shadow = live_with_shadow(registry, spec, v1)
 
     plan = decide(body(spec, status), registry.uri, deployment=serving(v1), shadow=shadow)
 
