@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Builds the pinned cluster binaries (etcd, Kubernetes, Helm) from the Go module proxy
-# into $MODELYARD_CACHE/bin/<tool>-<version>/ and links them into $MODELYARD_CACHE/bin.
+# Builds the pinned cluster binaries (etcd, Kubernetes, Helm) and the tests' S3 server
+# (SeaweedFS) from the Go module proxy into $MODELYARD_CACHE/bin/<tool>-<version>/ and links them into $MODELYARD_CACHE/bin.
 # Versions come from the go.mod files under hack/tools/; a binary already built for the
 # pinned version is reused, so a warm run takes seconds.
 #
-#   hack/build-tools.sh            # control plane + kubectl + helm
+#   hack/build-tools.sh            # control plane + kubectl + helm + weed (SeaweedFS,
+#                                  # the S3-compatible server of tests/support/s3.py)
 #   hack/build-tools.sh node       # also kubelet, kube-proxy, crictl, CoreDNS and
 #                                  # kube-network-policies (NODE=1)
 #   hack/build-tools.sh cli        # only kubectl and helm (what the unit tests run)
@@ -53,6 +54,7 @@ helm_version=$(modver helm helm.sh/helm/v3)
 crictl_version=$(modver crictl sigs.k8s.io/cri-tools)
 coredns_version=$(modver coredns github.com/coredns/coredns)
 knp_version=$(modver kube-network-policies sigs.k8s.io/kube-network-policies)
+seaweedfs_version=$(modver seaweedfs github.com/seaweedfs/seaweedfs)
 
 # Same version stamping as kubernetes' hack/lib/version.sh, so `kubectl version`
 # and /version report the real release instead of v0.0.0-master.
@@ -90,6 +92,11 @@ for c in "${k8s_cmds[@]}"; do
 done
 CGO_ENABLED=0 build helm helm "$helm_version" helm.sh/helm/v3/cmd/helm \
   -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version"
+if [[ ${1:-} != cli ]]; then
+  # Only the tests run it (integration and e2e S3); it is never in the chart or an image.
+  CGO_ENABLED=0 build seaweedfs weed "$seaweedfs_version" \
+    github.com/seaweedfs/seaweedfs/weed -ldflags "-s -w"
+fi
 if [[ ${1:-} == node ]]; then
   CGO_ENABLED=0 build crictl crictl "$crictl_version" sigs.k8s.io/cri-tools/cmd/crictl \
     -ldflags "-s -w"

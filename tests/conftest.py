@@ -4,6 +4,8 @@
   reused; otherwise it is started and stopped again at the end of the session. If it
   cannot start, every test that needs it fails with the components' log tails.
 - ``mlflow_server``: a real ``mlflow server`` process (SQLite store, proxied artifacts).
+- ``s3``: a real S3-compatible server (SeaweedFS, tests/support/s3.py) with credentials;
+  ``s3_mlflow_server``: an ``mlflow server`` whose artifacts are in a bucket on it.
 - ``namespace``: a fresh namespace per test; on failure the test's report shows what a
   person would look at (``kubectl get all``, events).
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.postgres import Postgres, running_postgres
+from tests.support.s3 import S3Server, running_s3
 from tests.support.servers import (
     REPO,
     Cluster,
@@ -108,6 +111,37 @@ def postgres() -> Iterator[Postgres]:
     """A real PostgreSQL server of the session's own (ingestion sources, tuning studies)."""
     with running_postgres() as server:
         yield server
+
+
+# -------------------------------------------------------------------------------- s3
+@pytest.fixture(scope="session")
+def s3() -> Iterator[S3Server]:
+    """A SeaweedFS S3 server of the session's own (keys required, anonymous refused)."""
+    with running_s3() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def s3_mlflow_server(
+    s3: S3Server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MlflowServer]:
+    """``mlflow server`` as the chart runs it with mlflow.artifacts.s3: artifacts in the
+    bucket ``mlflow`` (prefix ``artifacts``), proxied to clients (mlflow-artifacts:), with
+    the keys and endpoint in its environment only."""
+    s3.create_bucket("mlflow")
+    root = tmp_path_factory.mktemp("mlflow-s3")
+    port = free_port()
+    proc, log = start_mlflow_server(
+        root, port, env=s3.env(), artifacts_destination="s3://mlflow/artifacts"
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(
+            f"{url}/health", float(os.environ.get("MODELYARD_MLFLOW_START_S", "240")), proc, log
+        )
+        yield MlflowServer(url=url, root=root)
+    finally:
+        stop_process(proc)
 
 
 # --------------------------------------------------------------------------------- CRD

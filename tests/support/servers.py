@@ -126,11 +126,14 @@ def start_mlflow_server(
     *,
     auth: dict[str, str] | None = None,
     env: dict[str, str] | None = None,
+    artifacts_destination: str | None = None,
 ) -> tuple[subprocess.Popen[bytes], Path]:
     """``mlflow server`` on SQLite under ``root``. With ``auth`` (each user's password,
     as the credentials Secret holds them), its users are created first by ``modelyard
     registry init-users`` and the server runs its basic-auth app, as the chart does.
-    ``env``: more of the server's environment (e.g. its webhook settings)."""
+    ``env``: more of the server's environment (e.g. its webhook settings, S3 keys);
+    ``artifacts_destination``: where it keeps the artifacts it proxies (default
+    ``root/artifacts``; e.g. ``s3://bucket/prefix`` as the chart's mlflow.artifacts.s3)."""
     root.mkdir(parents=True, exist_ok=True)
     log = root / "mlflow-server.log"
     mlflow_bin = shutil.which("mlflow", path=str(VENV_BIN)) or "mlflow"
@@ -173,7 +176,7 @@ def start_mlflow_server(
             "--backend-store-uri",
             f"sqlite:///{root / 'mlflow.db'}",
             "--artifacts-destination",
-            str(root / "artifacts"),
+            artifacts_destination or str(root / "artifacts"),
             "--serve-artifacts",
             "--host",
             "127.0.0.1",

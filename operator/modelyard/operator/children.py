@@ -36,6 +36,9 @@ class ServerPlan:
     image: str
     image_pull_policy: str
     prediction_log: str | None = None
+    #: The Secret whose keys become the environment of the servers and of the checks that
+    #: read the log (the log's storage credentials); None: none.
+    prediction_log_secret: str | None = None
     #: The Secret with the registry credentials of the servers and of the drift check:
     #: ``spec.registry.credentialsSecretRef``, or the ones the operator writes beside the
     #: ModelDeployment for the installation's registry; None: no credentials.
@@ -75,6 +78,14 @@ def server_env(plan: ServerPlan) -> list[dict[str, Any]]:
     return env
 
 
+def prediction_log_env_from(plan: ServerPlan) -> dict[str, Any]:
+    """``envFrom`` with the prediction log's Secret (a container's ``env`` wins over it, so
+    the Secret cannot replace what the operator sets), or nothing."""
+    if plan.prediction_log_secret is None:
+        return {}
+    return {"envFrom": [{"secretRef": {"name": plan.prediction_log_secret}}]}
+
+
 def build_server_deployment(plan: ServerPlan) -> dict[str, Any]:
     server = plan.spec.server
     resources = server.resources or DEFAULT_RESOURCES
@@ -109,6 +120,7 @@ def build_server_deployment(plan: ServerPlan) -> dict[str, Any]:
                             {"name": "http", "containerPort": c.SERVER_PORT, "protocol": "TCP"}
                         ],
                         "env": server_env(plan),
+                        **prediction_log_env_from(plan),
                         "resources": {k: dict(v) for k, v in resources.items()},
                         # Loading a model can take a while; liveness waits for it.
                         "startupProbe": {

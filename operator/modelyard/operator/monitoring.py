@@ -19,7 +19,7 @@ from typing import Any
 from modelyard.core import contracts as c
 from modelyard.core import pods
 from modelyard.core.registry import ModelVersion
-from modelyard.operator.children import ServerPlan
+from modelyard.operator.children import ServerPlan, prediction_log_env_from
 from modelyard.operator.resource import DriftMonitoring, Retrain
 
 # The check uses both cores when it can (columns in parallel); it asks for a quarter of one.
@@ -207,6 +207,7 @@ def _registry_cronjob(
                 "command": ["modelyard"],
                 "args": args,
                 "env": env,
+                **prediction_log_env_from(plan),
                 "resources": resources,
                 "securityContext": pods.restricted_container_security_context(),
                 "volumeMounts": [pods.tmp_mount()],

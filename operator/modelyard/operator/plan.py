@@ -638,6 +638,7 @@ class _Planner:
             image=spec.server.image or settings.server_image,
             image_pull_policy=spec.server.image_pull_policy or settings.server_image_pull_policy,
             prediction_log=_prediction_log(spec, settings, self.namespace, self.name),
+            prediction_log_secret=_prediction_log_secret(spec, settings),
             credentials_secret=server_secret,
             drift_credentials_secret=drift_secret,
         )
@@ -916,6 +917,14 @@ def _prediction_log(
     if settings.prediction_log:
         return c.deployment_prediction_log(settings.prediction_log, namespace, name)
     return None
+
+
+def _prediction_log_secret(spec: ModelDeploymentSpec, settings: OperatorSettings) -> str | None:
+    """The Secret with the log's storage credentials: the spec's, else the operator's."""
+    ref = spec.monitoring.prediction_log_secret_ref
+    if ref is not None:
+        return ref.name
+    return settings.prediction_log_secret or None
 
 
 def _drift_prediction_log(

@@ -244,6 +244,11 @@ class DriftMonitoring(_Model):
 class Monitoring(_Model):
     # Where the server logs its predictions; default: the operator's MODELYARD_PREDICTION_LOG.
     prediction_log: str | None = Field(default=None, alias="predictionLog")
+    # The log's storage credentials (envFrom of the servers and the checks); default: the
+    # operator's MODELYARD_PREDICTION_LOG_SECRET.
+    prediction_log_secret_ref: SecretRef | None = Field(
+        default=None, alias="predictionLogSecretRef"
+    )
     drift: DriftMonitoring | None = None
 
 

@@ -40,6 +40,10 @@ class OperatorSettings(BaseModel):
     toolkit_image: str = c.TOOLKIT_IMAGE
     # MODELYARD_PREDICTION_LOG: fsspec base URL the servers log predictions under.
     prediction_log: str | None = None
+    # MODELYARD_PREDICTION_LOG_SECRET: name of a Secret, in each ModelDeployment's
+    # namespace, whose keys become environment variables of its servers and checks (the
+    # log's storage credentials) when spec.monitoring.predictionLogSecretRef is unset.
+    prediction_log_secret: str = ""
     # MODELYARD_RECONCILE_WORKERS: threads reconciling ModelDeployments at once (each reconcile is a
     # few blocking calls; a slow registry holds at most this many).
     reconcile_workers: int = Field(default=4, ge=1, le=64)

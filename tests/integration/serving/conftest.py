@@ -61,7 +61,7 @@ def registered_forest(mlflow_server: Any) -> RegisteredModel:
 def start_modelyard(
     model: RegisteredModel,
     log: Path,
-    prediction_log: Path,
+    prediction_log: Path | str,
     ready_path: str = "/readyz",
     **extra_env: str,
 ) -> ServerProcess:

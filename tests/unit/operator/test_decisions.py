@@ -189,9 +189,13 @@ def decide(
     now: dt.datetime = NOW,
     accounts: RegistryAccounts | None = None,
     prediction_log: str | None = None,
+    prediction_log_secret: str = "",
 ) -> tuple[Plan, Resolver]:
     ours = OperatorSettings(
-        default_tracking_uri=registry_uri, resolve_interval=30, prediction_log=prediction_log
+        default_tracking_uri=registry_uri,
+        resolve_interval=30,
+        prediction_log=prediction_log,
+        prediction_log_secret=prediction_log_secret,
     )
     resolver = Resolver(Registries(client.ApiClient(), timeout=2.0), interval=30)
     spec = ModelDeploymentSpec.parse(obj["spec"])
@@ -706,6 +710,39 @@ def test_the_operator_wide_prediction_log_is_split_per_deployment(registry: Regi
     assert {e["name"]: e.get("value") for e in container["env"]}[
         "MODELYARD_PREDICTION_LOG"
     ] == "file:///mine"
+
+
+def _env_from(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = manifest["spec"]
+    template = (
+        spec["jobTemplate"]["spec"]["template"] if "jobTemplate" in spec else spec["template"]
+    )
+    return list(template["spec"]["containers"][0].get("envFrom", []))
+
+
+def test_the_prediction_log_secret_reaches_the_servers_and_the_drift_check(
+    registry: Registry,
+) -> None:
+    v1 = registry.version()
+    registry.alias("champion", v1)
+    monitoring = {"predictionLog": "s3://logs/p", "drift": {"schedule": "0 * * * *"}}
+    spec = {**ALIAS, "monitoring": {**monitoring, "predictionLogSecretRef": {"name": "logs-s3"}}}
+    status = live(registry, spec, v1)
+    plan, _ = decide(
+        body(spec, status), registry.uri, deployment=serving(v1), prediction_log_secret="all-s3"
+    )
+    wanted = [{"secretRef": {"name": "logs-s3"}}]  # the spec's wins over the operator's
+    assert _env_from(applied(plan, "Deployment")) == wanted
+    assert _env_from(applied(plan, "CronJob")) == wanted
+    # Without one in the spec: the operator's (MODELYARD_PREDICTION_LOG_SECRET); neither: none.
+    spec = {**ALIAS, "monitoring": monitoring}
+    plan, _ = decide(
+        body(spec, status), registry.uri, deployment=serving(v1), prediction_log_secret="all-s3"
+    )
+    assert _env_from(applied(plan, "Deployment")) == [{"secretRef": {"name": "all-s3"}}]
+    plan, _ = decide(body(spec, status), registry.uri, deployment=serving(v1))
+    assert _env_from(applied(plan, "Deployment")) == []
+    assert _env_from(applied(plan, "CronJob")) == []
 
 
 # --------------------------------------------------------------- registry credentials
