@@ -23,7 +23,7 @@ from modelyard.core.registry import (
     RegistryUnavailable,
     open_registry,
 )
-from modelyard.serving.model_cache import CacheMiss, ModelCache, registry_key
+from modelyard.serving.model_cache import ModelCache, registry_key
 from modelyard.serving.payload import Array, InputSchema
 
 logger = logging.getLogger(__name__)
@@ -171,7 +171,7 @@ def _from_cache(
     )
     try:
         entry = cache.restore(registry_key(registry.tracking_uri), name, version, target)
-    except (CacheMiss, OSError) as miss:
+    except Exception as miss:  # CacheMiss, or the cache itself cannot be read
         raise ModelUnavailable(
             f"RegistryUnavailable: the model registry at {registry.display_uri} cannot be "
             f"reached ({error}), and the model cache has nothing to load instead: {miss}"

@@ -26,6 +26,7 @@ and the next older complete entry of the same version is tried.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import logging
@@ -105,12 +106,26 @@ class ModelCache:
     credentials from the environment, ``AWS_ACCESS_KEY_ID`` and so on, by default)."""
 
     def __init__(self, url: str, **storage_options: Any) -> None:
-        from fsspec.core import url_to_fs
-
         self.url = url.rstrip("/")
         self.display_url = redact_uri(self.url)
-        self.fs, root = url_to_fs(self.url, **storage_options)
-        self.root = root.rstrip("/")
+        self._storage_options = storage_options
+
+    @functools.cached_property
+    def _opened(self) -> tuple[Any, str]:
+        # Opened on first use: a filesystem whose package is missing from the image
+        # (s3fs) fails the cache, not a start with the registry up.
+        from fsspec.core import url_to_fs
+
+        fs, root = url_to_fs(self.url, **self._storage_options)
+        return fs, str(root).rstrip("/")
+
+    @property
+    def fs(self) -> Any:
+        return self._opened[0]
+
+    @property
+    def root(self) -> str:
+        return self._opened[1]
 
     def version_dir(self, registry: str, name: str, version: str) -> str:
         return "/".join((self.root, registry, _segment(name), _segment(version)))
