@@ -61,6 +61,40 @@ def test_the_operator_default_cache_is_mounted_into_the_servers(
     assert source.secret_ref.name == "model-cache-credentials"
     assert source.secret_ref.optional is True
 
+    # The pod with the claim passes Pod Security "restricted" (a hostPath would not):
+    # the API server's own admission judges the template, in an enforcing namespace.
+    core = client.CoreV1Api(api_client)
+    core.patch_namespace(
+        namespace,
+        {"metadata": {"labels": {"pod-security.kubernetes.io/enforce": "restricted"}}},
+    )
+    template = api_client.sanitize_for_serialization(dep.spec.template)
+    core.create_namespaced_pod(
+        namespace,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "cached-check"},
+            "spec": template["spec"],
+        },
+        dry_run="All",
+    )
+    with_host_path = {
+        **template["spec"],
+        "volumes": [{"name": "model-cache", "hostPath": {"path": "/var/cache"}}],
+    }
+    with pytest.raises(client.ApiException, match="hostPath"):
+        core.create_namespaced_pod(
+            namespace,
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": "host"},
+                "spec": with_host_path,
+            },
+            dry_run="All",
+        )
+
 
 def test_a_deployment_chooses_its_own_cache_or_none(
     api_client: client.ApiClient,
