@@ -81,7 +81,10 @@ def test_the_operator_default_cache_is_mounted_into_the_servers(
     )
     with_host_path = {
         **template["spec"],
-        "volumes": [{"name": "model-cache", "hostPath": {"path": "/var/cache"}}],
+        "volumes": [
+            v if v["name"] != "model-cache" else {"name": v["name"], "hostPath": {"path": "/c"}}
+            for v in template["spec"]["volumes"]
+        ],
     }
     with pytest.raises(client.ApiException, match="hostPath"):
         core.create_namespaced_pod(
