@@ -141,10 +141,21 @@ class ModelCache:
         if existing is not None:
             logger.info("model cache: %s version %s (%s) is already cached", name, version, digest)
             return existing
+        # On a mounted filesystem each file is written under a temporary name and renamed,
+        # so two servers (or workers) writing the same entry never truncate each other's
+        # finished file; an object store's PUT is atomic already.
+        local = "file" in (
+            (self.fs.protocol,) if isinstance(self.fs.protocol, str) else self.fs.protocol
+        )
         for relative in files:
             target = f"{entry}/{FILES}/{relative}"
             self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
-            self.fs.put_file(str(source / relative), target)
+            if local:
+                partial = f"{target}.{uuid.uuid4().hex}.partial"
+                self.fs.put_file(str(source / relative), partial)
+                self.fs.mv(partial, target)
+            else:
+                self.fs.put_file(str(source / relative), target)
         created = dt.datetime.now(dt.UTC).isoformat()
         manifest = {
             "format": MANIFEST_FORMAT,
