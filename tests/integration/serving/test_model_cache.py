@@ -148,12 +148,12 @@ def predictions(server: ServerProcess, rows: pd.DataFrame) -> list[Any]:
     return values
 
 
-def model_loads(server: ServerProcess) -> dict[str, float]:
-    """``modelyard_model_loads_total`` by source, as /metrics shows it."""
+def model_loads(server: ServerProcess, name: str) -> dict[str, float]:
+    """``modelyard_model_loads_total`` of model ``name`` by source, as /metrics shows it."""
     text = httpx.get(f"{server.url}/metrics", timeout=10).text
     found: dict[str, float] = {}
     for line in text.splitlines():
-        if line.startswith("modelyard_model_loads_total{"):
+        if line.startswith("modelyard_model_loads_total{") and f'model_name="{name}"' in line:
             source = line.split('source="', 1)[1].split('"', 1)[0]
             found[source] = found.get(source, 0.0) + float(line.rsplit(" ", 1)[1])
     return found
@@ -173,7 +173,7 @@ def test_a_server_starts_from_the_cache_while_the_registry_is_down(
     first = serve(registry, tmp_path / "first.log", MODELYARD_MODEL_CACHE=cache_url)
     try:
         assert predictions(first, registry.rows) == registry.expected
-        assert model_loads(first) == {"registry": 1.0}
+        assert model_loads(first, registry.name) == {"registry": 1.0}
     finally:
         first.stop()
     [manifest] = manifests(cache)
@@ -191,7 +191,7 @@ def test_a_server_starts_from_the_cache_while_the_registry_is_down(
     second = serve(registry, tmp_path / "second.log", MODELYARD_MODEL_CACHE=cache_url)
     try:
         assert predictions(second, registry.rows) == registry.expected
-        assert model_loads(second) == {"cache": 1.0}
+        assert model_loads(second, registry.name) == {"cache": 1.0}
     finally:
         second.stop()
     said = (tmp_path / "second.log").read_text(errors="replace")
