@@ -98,12 +98,15 @@ def _argv(uri: str, port: int) -> list[str]:
 
 def serve(registry: Registry, log: Path, **env: str) -> ServerProcess:
     port = free_port()
+    # A BentoML home of its own, as in a pod: servers sharing one share (and each wipe
+    # at start) the multiprocess metrics directory.
+    home = log.with_suffix(".bentoml")
     return start_server(
         _argv(registry.uri, port),
         port,
         "/readyz",
         log,
-        {"MLFLOW_TRACKING_URI": registry.url, **env},
+        {"MLFLOW_TRACKING_URI": registry.url, "BENTOML_HOME": str(home), **env},
     )
 
 
