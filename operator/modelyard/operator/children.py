@@ -25,6 +25,23 @@ DEFAULT_RESOURCES: dict[str, dict[str, int | str]] = {
 
 
 @dataclass(frozen=True)
+class ModelCachePlan:
+    """Where a deployment's servers keep their model version (docs/serving.md)."""
+
+    #: The cache's fsspec URL; None with a volume claim (its mount is the cache).
+    url: str | None = None
+    volume_claim: str | None = None
+    #: A Secret whose keys become the server's environment (the cache's credentials).
+    secret: str | None = None
+    #: The Secret may be missing (the operator-wide default, not every namespace has it).
+    secret_optional: bool = False
+
+    @property
+    def server_url(self) -> str:
+        return self.url or c.MODEL_CACHE_MOUNT
+
+
+@dataclass(frozen=True)
 class ServerPlan:
     """Everything the child builders need for one ModelDeployment."""
 
@@ -44,6 +61,8 @@ class ServerPlan:
     #: ModelDeployment for the installation's registry; None: no credentials.
     credentials_secret: str | None = None
     drift_credentials_secret: str | None = None
+    #: None: no model cache (a pod cannot start while the registry is down).
+    model_cache: ModelCachePlan | None = None
 
     @property
     def selector(self) -> dict[str, str]:
@@ -72,6 +91,8 @@ def server_env(plan: ServerPlan) -> list[dict[str, Any]]:
         env.append({"name": c.ServerEnv.PREDICTION_LOG, "value": plan.prediction_log})
     if plan.spec.server.allow_pickle:
         env.append({"name": c.ServerEnv.ALLOW_PICKLE, "value": "true"})
+    if plan.model_cache is not None:
+        env.append({"name": c.ServerEnv.MODEL_CACHE, "value": plan.model_cache.server_url})
     if plan.credentials_secret is not None:
         env.extend(pods.credential_env(plan.credentials_secret))
     env.extend({"name": e.name, "value": e.value} for e in plan.spec.server.env)
@@ -86,9 +107,19 @@ def prediction_log_env_from(plan: ServerPlan) -> dict[str, Any]:
     return {"envFrom": [{"secretRef": {"name": plan.prediction_log_secret}}]}
 
 
+def _cache_volume(plan: ServerPlan) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The model cache's volume and mount (none for a URL cache)."""
+    cache = plan.model_cache
+    if cache is None or cache.volume_claim is None:
+        return [], []
+    volume = {"name": "model-cache", "persistentVolumeClaim": {"claimName": cache.volume_claim}}
+    return [volume], [{"name": "model-cache", "mountPath": c.MODEL_CACHE_MOUNT}]
+
+
 def build_server_deployment(plan: ServerPlan) -> dict[str, Any]:
     server = plan.spec.server
     resources = server.resources or DEFAULT_RESOURCES
+    cache_volumes, cache_mounts = _cache_volume(plan)
     spec: dict[str, Any] = {
         "selector": {"matchLabels": dict(plan.selector)},
         "revisionHistoryLimit": 5,
@@ -145,13 +176,24 @@ def build_server_deployment(plan: ServerPlan) -> dict[str, Any]:
                         # answer (c.DRAIN_SECONDS).
                         "lifecycle": {"preStop": {"sleep": {"seconds": c.DRAIN_SECONDS}}},
                         "securityContext": pods.restricted_container_security_context(),
-                        "volumeMounts": [pods.tmp_mount()],
+                        "volumeMounts": [pods.tmp_mount(), *cache_mounts],
                     }
                 ],
-                "volumes": [pods.tmp_volume("4Gi")],
+                "volumes": [pods.tmp_volume("4Gi"), *cache_volumes],
             },
         },
     }
+    if plan.model_cache is not None and plan.model_cache.secret is not None:
+        container = spec["template"]["spec"]["containers"][0]
+        # Beside the prediction log's Secret, if any (both may name the same one).
+        container.setdefault("envFrom", []).append(
+            {
+                "secretRef": {
+                    "name": plan.model_cache.secret,
+                    "optional": plan.model_cache.secret_optional,
+                }
+            }
+        )
     if server.autoscaling is None:
         # With autoscaling the HPA owns the count: leaving the field out of our
         # server-side apply keeps us from fighting it.

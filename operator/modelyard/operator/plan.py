@@ -47,6 +47,7 @@ from modelyard.operator.approvals import (
 from modelyard.operator.approvals import required as approval_required
 from modelyard.operator.children import (
     SERVER_APP,
+    ModelCachePlan,
     ServerPlan,
     build_server_deployment,
     build_server_hpa,
@@ -641,6 +642,7 @@ class _Planner:
             prediction_log_secret=_prediction_log_secret(spec, settings),
             credentials_secret=server_secret,
             drift_credentials_secret=drift_secret,
+            model_cache=model_cache_plan(spec, settings),
         )
         self.plan.apply.append(build_server_deployment(server))
         self.variants(server)
@@ -904,6 +906,30 @@ def _running(pod: Mapping[str, Any], now: dt.datetime) -> bool:
     deletion timestamp is when the kubelet kills what is left)."""
     deleted = parse_time((pod.get("metadata") or {}).get("deletionTimestamp"))
     return deleted is None or deleted > now
+
+
+def model_cache_plan(
+    spec: ModelDeploymentSpec, settings: OperatorSettings
+) -> ModelCachePlan | None:
+    """The servers' model cache: ``spec.server.modelCache``, else the operator's default
+    (``MODELYARD_MODEL_CACHE`` or ``_VOLUME_CLAIM``, ``_SECRET``), else none."""
+    own = spec.server.model_cache
+    if own is not None:
+        if not own.enabled:
+            return None
+        return ModelCachePlan(
+            url=own.url,
+            volume_claim=own.volume_claim,
+            secret=own.secret_ref.name if own.secret_ref else None,
+        )
+    if not (settings.model_cache or settings.model_cache_volume_claim):
+        return None
+    return ModelCachePlan(
+        url=settings.model_cache or None,
+        volume_claim=settings.model_cache_volume_claim or None,
+        secret=settings.model_cache_secret or None,
+        secret_optional=True,
+    )
 
 
 def _prediction_log(

@@ -78,6 +78,23 @@ class EnvVar(_Model):
     value: str = ""
 
 
+class ModelCacheSpec(_Model):
+    """``spec.server.modelCache``: where the servers keep the version they serve."""
+
+    enabled: bool = True
+    url: str | None = Field(default=None, min_length=1)
+    volume_claim: str | None = Field(default=None, min_length=1, alias="volumeClaim")
+    secret_ref: SecretRef | None = Field(default=None, alias="secretRef")
+
+    @model_validator(mode="after")
+    def _one_place(self) -> ModelCacheSpec:
+        if self.url is not None and self.volume_claim is not None:
+            raise ValueError("spec.server.modelCache: set url or volumeClaim, not both")
+        if self.enabled and self.url is None and self.volume_claim is None:
+            raise ValueError("spec.server.modelCache: with enabled true, set url or volumeClaim")
+        return self
+
+
 class Server(_Model):
     image: str | None = None
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
@@ -89,6 +106,8 @@ class Server(_Model):
     env: tuple[EnvVar, ...] = ()
     # Load formats that run code (docs/security.md).
     allow_pickle: bool = Field(default=False, alias="allowPickle")
+    # None: the operator's default cache (MODELYARD_MODEL_CACHE*), if any.
+    model_cache: ModelCacheSpec | None = Field(default=None, alias="modelCache")
 
     @property
     def desired_replicas(self) -> int:

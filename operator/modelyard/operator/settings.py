@@ -44,6 +44,16 @@ class OperatorSettings(BaseModel):
     # namespace, whose keys become environment variables of its servers and checks (the
     # log's storage credentials) when spec.monitoring.predictionLogSecretRef is unset.
     prediction_log_secret: str = ""
+    # MODELYARD_MODEL_CACHE: fsspec URL of the model cache the servers keep their version
+    # in (docs/serving.md, "Model cache"), for ModelDeployments without
+    # spec.server.modelCache; e.g. s3://bucket/model-cache.
+    model_cache: str | None = None
+    # MODELYARD_MODEL_CACHE_VOLUME_CLAIM: instead, the name of a PersistentVolumeClaim that
+    # exists in each ModelDeployment's namespace, mounted into the servers as the cache.
+    model_cache_volume_claim: str | None = None
+    # MODELYARD_MODEL_CACHE_SECRET: a Secret (in each ModelDeployment's namespace; optional)
+    # whose keys become the servers' environment, e.g. the s3:// cache's credentials.
+    model_cache_secret: str | None = None
     # MODELYARD_RECONCILE_WORKERS: threads reconciling ModelDeployments at once (each reconcile is a
     # few blocking calls; a slow registry holds at most this many).
     reconcile_workers: int = Field(default=4, ge=1, le=64)
@@ -99,6 +109,15 @@ class OperatorSettings(BaseModel):
     # MODELYARD_WEBHOOK_TOLERANCE: seconds a delivery's timestamp may be off the
     # operator's clock; older (replayed) or later ones are refused.
     webhook_tolerance: float = Field(default=300.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_model_cache(self) -> OperatorSettings:
+        if self.model_cache and self.model_cache_volume_claim:
+            raise ValueError(
+                "set MODELYARD_MODEL_CACHE or MODELYARD_MODEL_CACHE_VOLUME_CLAIM, not both "
+                "(a volume claim is mounted and is the cache)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _webhook_needs_a_secret(self) -> OperatorSettings:

@@ -18,6 +18,7 @@ def build_server_environment(
     model_uri: str | None,
     prediction_log: str | None,
     workers: int | None,
+    model_cache: str | None = None,
     max_latency_ms: int | None,
     max_batch_requests: int | None,
     access_log: bool,
@@ -28,6 +29,7 @@ def build_server_environment(
     options = {
         ServerEnv.MODEL_URI: model_uri,
         ServerEnv.PREDICTION_LOG: prediction_log,
+        ServerEnv.MODEL_CACHE: model_cache,
         ServerEnv.WORKERS: workers,
         ServerEnv.MAX_LATENCY_MS: max_latency_ms,
         ServerEnv.MAX_BATCH_REQUESTS: max_batch_requests,
@@ -64,6 +66,15 @@ def register(app: typer.Typer) -> None:
                 "Default: $MODELYARD_PREDICTION_LOG, or no log.",
             ),
         ] = None,
+        model_cache: Annotated[
+            str | None,
+            typer.Option(
+                help="fsspec URL of the model cache (a directory, s3://bucket/prefix): a "
+                "models:/NAME/VERSION downloaded from the registry is kept there, and "
+                "loaded from there when the registry cannot be reached. "
+                "Default: $MODELYARD_MODEL_CACHE, or no cache.",
+            ),
+        ] = None,
         workers: Annotated[
             int | None,
             typer.Option(min=1, help="Worker processes (each loads the model). Default 1."),
@@ -94,6 +105,7 @@ def register(app: typer.Typer) -> None:
         env = build_server_environment(
             model_uri=model_uri,
             prediction_log=prediction_log,
+            model_cache=model_cache,
             workers=workers,
             max_latency_ms=max_latency_ms,
             max_batch_requests=max_batch_requests,

@@ -60,10 +60,20 @@ class ServerMetrics:
             labelnames=MODEL_LABELS,
         )
 
+        self.model_loads = counter(
+            name=c.MODEL_LOADS_METRIC,
+            documentation="Model loads at start, by where the files came from: registry, "
+            "cache (the registry was unreachable) or uri (runs:/, a path).",
+            labelnames=(*MODEL_LABELS, "source"),
+        )
+
         # Create the model-labelled series now, so they read 0 instead of being absent
         # until the first event (an alert on their rate then works from the start).
         for metric in (self.predicted_rows, self.log_write_failures, self.log_rows_dropped):
             metric.labels(**self._model)
+
+    def count_model_load(self, source: str) -> None:
+        self.model_loads.labels(**self._model, source=source).inc()
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         labels = {"endpoint": endpoint, "status": str(status), **self._model}

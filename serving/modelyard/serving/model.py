@@ -4,16 +4,26 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from modelyard.core import contracts as c
 from modelyard.core.model_safety import check_model_format
-from modelyard.core.registry import Credentials, ModelReference, Registry, open_registry
+from modelyard.core.registry import (
+    Credentials,
+    ModelReference,
+    Registry,
+    RegistryUnavailable,
+    open_registry,
+)
+from modelyard.serving.model_cache import ModelCache, registry_key
 from modelyard.serving.payload import Array, InputSchema
 
 logger = logging.getLogger(__name__)
@@ -23,6 +33,27 @@ logger = logging.getLogger(__name__)
 class ModelIdentity:
     name: str
     version: str
+
+
+#: Where the model's files came from: the registry, the model cache (the registry was
+#: unreachable), or the URI itself (runs:/, a path).
+ModelSource = Literal["registry", "cache", "uri"]
+
+_PINNED_VERSION = re.compile(r"^models:/(?P<name>[^@]+)/(?P<version>[0-9]+)/?$")
+
+
+class ModelUnavailable(Exception):
+    """The model cannot be loaded: the registry is unreachable and there is no cached copy."""
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """A model's files on local disk, and where they came from."""
+
+    path: Path
+    source: ModelSource
+    #: The content digest of the cache entry (written or read); None without a cache.
+    digest: str | None = None
 
 
 def identify_model_uri(uri: str) -> ModelIdentity:
@@ -67,6 +98,90 @@ def _registry() -> Registry:
     return open_registry(uri, Credentials.from_mapping(os.environ))
 
 
+def fetch_pinned_version(name: str, version: str, cache: ModelCache | None) -> LocalModel:
+    """The files of ``models:/NAME/VERSION`` on local disk (under ``$TMPDIR``).
+
+    From the registry when it answers (and then kept in ``cache``, if any). When it cannot
+    be reached (connection refused, timeout, HTTP 5xx: :class:`RegistryUnavailable`) from
+    ``cache``: the newest entry of exactly this name and version whose files all match
+    its manifest. Any other registry error (no such version, access denied) is raised as
+    it is: the cache stands in for an unreachable registry, not for a wrong answer.
+    """
+    import mlflow.artifacts
+
+    registry = _registry()
+    target = Path(tempfile.mkdtemp(prefix="modelyard-model-"))
+    try:
+        registry.get_version(name, int(version))
+        path = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{name}/{version}", dst_path=str(target / "download")
+            )
+        )
+    except RegistryUnavailable as error:
+        return _from_cache(registry, name, version, cache, target, error)
+    except Exception as error:
+        # A download that fails after the registry answered: an outage that began in
+        # between counts as one; anything else is the download's own failure.
+        try:
+            registry.get_version(name, int(version))
+        except RegistryUnavailable as unreachable:
+            return _from_cache(registry, name, version, cache, target, unreachable)
+        except Exception:
+            pass
+        raise error
+    if cache is None:
+        return LocalModel(path, "registry")
+    try:
+        entry = cache.publish(registry_key(registry.tracking_uri), name, version, path)
+    except Exception as error:
+        # Serving does not depend on the cache: a failed write is logged, not fatal.
+        logger.error(
+            "model cache: could not store %s version %s in %s: %s",
+            name,
+            version,
+            cache.display_url,
+            error,
+        )
+        return LocalModel(path, "registry")
+    return LocalModel(path, "registry", entry.digest)
+
+
+def _from_cache(
+    registry: Registry,
+    name: str,
+    version: str,
+    cache: ModelCache | None,
+    target: Path,
+    error: RegistryUnavailable,
+) -> LocalModel:
+    what = f"model {name} version {version}"
+    if cache is None:
+        raise ModelUnavailable(
+            f"RegistryUnavailable: the model registry at {registry.display_uri} cannot be "
+            f"reached ({error}) and no model cache is configured "
+            f"({c.ServerEnv.MODEL_CACHE}): {what} cannot be loaded"
+        ) from error
+    logger.warning(
+        "the model registry at %s cannot be reached (%s): loading %s from the model cache %s",
+        registry.display_uri,
+        error,
+        what,
+        cache.display_url,
+    )
+    try:
+        entry = cache.restore(registry_key(registry.tracking_uri), name, version, target)
+    except Exception as miss:  # CacheMiss, or the cache itself cannot be read
+        raise ModelUnavailable(
+            f"RegistryUnavailable: the model registry at {registry.display_uri} cannot be "
+            f"reached ({error}), and the model cache has nothing to load instead: {miss}"
+        ) from error
+    logger.warning(
+        "serving %s from the model cache (digest %s, cached %s)", what, entry.digest, entry.created
+    )
+    return LocalModel(Path(entry.url), "cache", entry.digest)
+
+
 class ServedModel:
     """An MLflow pyfunc model plus the fastest correct way to call it.
 
@@ -75,9 +190,17 @@ class ServedModel:
     only repeat that work (it costs more than the prediction for a small model).
     """
 
-    def __init__(self, pyfunc_model: Any, identity: ModelIdentity) -> None:
+    def __init__(
+        self,
+        pyfunc_model: Any,
+        identity: ModelIdentity,
+        source: ModelSource = "uri",
+        digest: str | None = None,
+    ) -> None:
         self.pyfunc_model = pyfunc_model
         self.identity = identity
+        self.source = source
+        self.digest = digest
         self.schema = InputSchema.from_mlflow(pyfunc_model.metadata.get_input_schema())
         self._predict_raw: Callable[[Any], Any] | None = None
         self._wants_frame = True
@@ -99,22 +222,47 @@ class ServedModel:
         version: str | None = None,
         *,
         allow_pickle: bool = False,
+        cache: ModelCache | None = None,
     ) -> ServedModel:
         """Load the model at ``uri``; one whose format runs code only with
-        ``allow_pickle`` (:class:`UnsafeModelFormat` before anything is deserialized)."""
+        ``allow_pickle`` (:class:`UnsafeModelFormat` before anything is deserialized).
+
+        A pinned registry version (``models:/NAME/VERSION``) is downloaded first and, with
+        a ``cache``, kept there; when the registry cannot be reached it comes from the
+        cache instead (:func:`fetch_pinned_version`). The format check reads the same
+        MLmodel file either way."""
         import mlflow.models
         import mlflow.pyfunc
 
-        identity = resolve_model_identity(uri, name, version)
-        # Only the MLmodel file is read here, not the model's files.
-        flavors = mlflow.models.get_model_info(uri).flavors
+        pinned = _PINNED_VERSION.match(uri)
+        if pinned is None:
+            identity = resolve_model_identity(uri, name, version)
+            # Only the MLmodel file is read here, not the model's files.
+            flavors = mlflow.models.get_model_info(uri).flavors
+            local: LocalModel | None = None
+        else:
+            identity = ModelIdentity(name or pinned["name"], version or pinned["version"])
+            local = fetch_pinned_version(pinned["name"], pinned["version"], cache)
+            flavors = mlflow.models.Model.load(str(local.path)).flavors
         check_model_format(
             flavors,
             allow_pickle=allow_pickle,
             model=f"model {identity.name} version {identity.version}",
         )
-        logger.info("loading model %s (%s version %s)", uri, identity.name, identity.version)
-        return cls(mlflow.pyfunc.load_model(uri), identity)
+        if local is None:
+            logger.info("loading model %s (%s version %s)", uri, identity.name, identity.version)
+            return cls(mlflow.pyfunc.load_model(uri), identity)
+        logger.info(
+            "loading model %s (%s version %s) from the %s%s",
+            uri,
+            identity.name,
+            identity.version,
+            "model cache, the registry being unreachable"
+            if local.source == "cache"
+            else local.source,
+            f", digest {local.digest}" if local.digest else "",
+        )
+        return cls(mlflow.pyfunc.load_model(str(local.path)), identity, local.source, local.digest)
 
     def predict(self, columns: dict[str, Array]) -> Array:
         """Predict on validated columns (signature order); one output row per input row."""

@@ -42,7 +42,8 @@ from modelyard.serving.batching import BatchShed, PredictionBatcher
 from modelyard.serving.bento_api import describe_apis, invocations_specs, predict_specs
 from modelyard.serving.connections import ConnectionAge
 from modelyard.serving.metrics import ServerMetrics
-from modelyard.serving.model import ServedModel, predictions_to_json
+from modelyard.serving.model import ModelUnavailable, ServedModel, predictions_to_json
+from modelyard.serving.model_cache import ModelCache
 from modelyard.serving.payload import (
     Array,
     InputSchema,
@@ -151,11 +152,13 @@ class ServingRuntime:
             settings.model_name,
             settings.model_version,
             allow_pickle=settings.allow_pickle,
+            cache=ModelCache(settings.model_cache) if settings.model_cache else None,
         )
         identity = self.model.identity
         self.metrics = ServerMetrics(
             identity, prometheus_client.Counter, prometheus_client.Histogram
         )
+        self.metrics.count_model_load(self.model.source)
         self.batcher = PredictionBatcher(
             self.model.predict,
             self.model.schema.names,
@@ -403,7 +406,7 @@ class ModelServer:
             # a visible crash (CrashLoopBackOff in Kubernetes) with this message in the log,
             # and its first line in the pod's termination message, which the operator reads.
             write_termination_message(error)
-            if isinstance(error, UnsafeModelFormat):
+            if isinstance(error, UnsafeModelFormat | ModelUnavailable):
                 logger.critical("the model server refuses to start: %s", error)
             else:
                 logger.critical("the model server cannot start; stopping it", exc_info=True)

@@ -23,6 +23,8 @@ class ServerSettings(BaseModel, frozen=True):
     model_name: str | None = None
     model_version: str | None = None
     prediction_log: str | None = None
+    # fsspec URL of the model cache: a start while the registry is down loads from there.
+    model_cache: str | None = None
     # Seconds between prediction-log flushes; rows are also flushed when the buffer fills.
     log_flush_interval: float = Field(default=10.0, gt=0)
     log_flush_rows: int = Field(default=50_000, gt=0)
@@ -56,6 +58,7 @@ class ServerSettings(BaseModel, frozen=True):
             "model_name": ServerEnv.MODEL_NAME,
             "model_version": ServerEnv.MODEL_VERSION,
             "prediction_log": ServerEnv.PREDICTION_LOG,
+            "model_cache": ServerEnv.MODEL_CACHE,
             "log_flush_interval": ServerEnv.LOG_FLUSH_INTERVAL,
             "log_flush_rows": ServerEnv.LOG_FLUSH_ROWS,
             "log_max_buffered_bytes": ServerEnv.LOG_MAX_BUFFERED_BYTES,

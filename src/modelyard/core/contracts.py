@@ -91,6 +91,8 @@ class ServerEnv:
     MODEL_NAME: Final = "MODELYARD_MODEL_NAME"
     MODEL_VERSION: Final = "MODELYARD_MODEL_VERSION"
     PREDICTION_LOG: Final = "MODELYARD_PREDICTION_LOG"
+    #: fsspec URL of the model cache (docs/serving.md, "Model cache"); unset: no cache.
+    MODEL_CACHE: Final = "MODELYARD_MODEL_CACHE"
     LOG_FLUSH_INTERVAL: Final = "MODELYARD_LOG_FLUSH_INTERVAL"
     LOG_FLUSH_ROWS: Final = "MODELYARD_LOG_FLUSH_ROWS"
     LOG_MAX_BUFFERED_BYTES: Final = "MODELYARD_LOG_MAX_BUFFERED_BYTES"
@@ -110,6 +112,11 @@ class ServerEnv:
     #: Where the server writes why it could not start (Kubernetes' terminationMessagePath).
     TERMINATION_LOG: Final = "MODELYARD_TERMINATION_LOG"
 
+
+#: Where a server pod mounts the model cache's volume claim (it is then the cache URL).
+MODEL_CACHE_MOUNT: Final = "/var/cache/modelyard/models"
+#: The server's counter of model loads, by where the files came from (registry, cache, uri).
+MODEL_LOADS_METRIC: Final = "modelyard_model_loads_total"
 
 #: Seconds a keep-alive connection to a server or a router is used before it is closed,
 #: after an answer (``Connection: close`` from the servers, nginx's ``keepalive_time`` in

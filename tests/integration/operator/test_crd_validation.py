@@ -158,6 +158,19 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         {"model": GOOD_MODEL, "monitoring": {"drift": {"retrain": {}}}},
         "spec.monitoring.drift.retrain.cronJobName: Required value",
     ),
+    (
+        "model cache with both a URL and a volume claim",
+        {
+            "model": GOOD_MODEL,
+            "server": {"modelCache": {"url": "s3://b/cache", "volumeClaim": "cache"}},
+        },
+        "spec.server.modelCache: set url or volumeClaim, not both",
+    ),
+    (
+        "model cache enabled without a place",
+        {"model": GOOD_MODEL, "server": {"modelCache": {"secretRef": {"name": "s3"}}}},
+        "spec.server.modelCache: with enabled true, set url or volumeClaim",
+    ),
     *(
         (
             f"tracking URI with {what}",

@@ -102,6 +102,15 @@ def test_a_typo_fails_with_a_message_naming_it(setting: str, message: str) -> No
             ["pipelines.definitions.fraud.definition=name: fraud"],
             "pipelines.definitions.fraud has no schedule",
         ),
+        (
+            ["mlflow.replicas=2"],
+            "mlflow.replicas > 1 needs mlflow.backendStore.postgresql.host and "
+            "mlflow.artifacts.s3.bucket",
+        ),
+        (
+            ["operator.modelCache.url=s3://b/c", "operator.modelCache.volumeClaim=cache"],
+            "operator.modelCache: set url or volumeClaim, not both",
+        ),
     ],
 )
 def test_an_incomplete_configuration_says_what_is_missing(

@@ -191,6 +191,37 @@ def test_mlflow_postgres_and_s3_credentials_only_from_secrets() -> None:
     assert find(objects, "Secret") == []
 
 
+def test_highly_available_registry_and_model_cache() -> None:
+    """PostgreSQL and S3 let MLflow run more than one replica (rolling, with a disruption
+    budget); the model cache's settings reach the operator, which passes them on."""
+    objects = render("--values", str(CHART / "ci" / "ha-registry-values.yaml"))
+    deployment = one(objects, "Deployment", MLFLOW)
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate"}
+    budget = one(objects, "PodDisruptionBudget", MLFLOW)
+    assert budget["spec"]["minAvailable"] == 1
+    assert (
+        budget["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    )
+    env = env_of(container(one(objects, "Deployment", OPERATOR)))
+    assert env["MODELYARD_MODEL_CACHE"] == "s3://models/model-cache"
+    assert env["MODELYARD_MODEL_CACHE_SECRET"] == "model-cache-s3"
+    assert "MODELYARD_MODEL_CACHE_VOLUME_CLAIM" not in env
+
+
+def test_model_cache_on_a_volume_claim() -> None:
+    objects = render("--set", "operator.modelCache.volumeClaim=model-cache")
+    env = env_of(container(one(objects, "Deployment", OPERATOR)))
+    assert env["MODELYARD_MODEL_CACHE_VOLUME_CLAIM"] == "model-cache"
+    assert "MODELYARD_MODEL_CACHE" not in env
+
+
+def test_no_model_cache_and_one_mlflow_by_default(default_objects: list[dict[str, Any]]) -> None:
+    env = env_of(container(one(default_objects, "Deployment", OPERATOR)))
+    assert not [name for name in env if name.startswith("MODELYARD_MODEL_CACHE")]
+    assert find(default_objects, "PodDisruptionBudget", MLFLOW) == []
+
+
 def test_samples_as_cronjobs(default_objects: list[dict[str, Any]]) -> None:
     samples = sorted((CHART / "files" / "pipelines").glob("*.yaml"))
     cronjobs = find(default_objects, "CronJob")

@@ -190,3 +190,65 @@ def test_reference_labels() -> None:
         for ref in ({"alias": "champion"}, {"version": 3}, {"stage": "Production"})
     ]
     assert labels == ["alias:champion", "version:3", "stage:Production"]
+
+
+@pytest.mark.parametrize(
+    ("server", "operator_env", "expected"),
+    [
+        # No cache anywhere: nothing set, as before.
+        ({}, {}, None),
+        # The operator's default claim and optional Secret.
+        (
+            {},
+            {
+                "MODELYARD_MODEL_CACHE_VOLUME_CLAIM": "cache",
+                "MODELYARD_MODEL_CACHE_SECRET": "s3",
+            },
+            ("/var/cache/modelyard/models", "cache", ("s3", True)),
+        ),
+        # The deployment's own URL and Secret win over the default.
+        (
+            {"modelCache": {"url": "s3://b/c", "secretRef": {"name": "mine"}}},
+            {"MODELYARD_MODEL_CACHE": "s3://default/c"},
+            ("s3://b/c", None, ("mine", False)),
+        ),
+        # Turned off for this deployment.
+        ({"modelCache": {"enabled": False}}, {"MODELYARD_MODEL_CACHE": "s3://default/c"}, None),
+    ],
+)
+def test_model_cache_reaches_the_server_pod(
+    server: dict[str, Any], operator_env: dict[str, str], expected: Any
+) -> None:
+    from modelyard.operator.plan import model_cache_plan
+    from modelyard.operator.settings import OperatorSettings
+
+    spec = ModelDeploymentSpec.parse({**BASE, "server": server})
+    cache = model_cache_plan(spec, OperatorSettings.from_env(operator_env))
+    dep = build_server_deployment(plan({**BASE, "server": server}, model_cache=cache))
+    pod = dep["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = env_of(dep)
+    claims = [
+        v["persistentVolumeClaim"]["claimName"]
+        for v in pod["volumes"]
+        if "persistentVolumeClaim" in v
+    ]
+    if expected is None:
+        assert "MODELYARD_MODEL_CACHE" not in env
+        assert not claims and "envFrom" not in container
+        return
+    url, claim, (secret, optional) = expected
+    assert env["MODELYARD_MODEL_CACHE"]["value"] == url
+    assert claims == ([claim] if claim else [])
+    if claim:
+        assert {"name": "model-cache", "mountPath": url} in container["volumeMounts"]
+    assert container["envFrom"] == [{"secretRef": {"name": secret, "optional": optional}}]
+
+
+def test_an_operator_default_cache_is_one_place() -> None:
+    from modelyard.operator.settings import OperatorSettings
+
+    with pytest.raises(ValueError, match="MODELYARD_MODEL_CACHE or MODELYARD_MODEL_CACHE_VOLUME"):
+        OperatorSettings.from_env(
+            {"MODELYARD_MODEL_CACHE": "s3://b/c", "MODELYARD_MODEL_CACHE_VOLUME_CLAIM": "x"}
+        )
