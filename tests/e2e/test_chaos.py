@@ -39,11 +39,13 @@ from typing import Any
 
 import pytest
 
+from modelyard.core.contracts import SERVER_PORT
 from tests.e2e.test_canary import GOOD_ROW, body
 from tests.e2e.test_product import condition, md, mlflow_client
 from tests.support import chaos, load
 from tests.support.chaos import CaseResult
 from tests.support.incluster import E2E_RELEASE as RELEASE
+from tests.support.incluster import port_forward
 from tests.support.kube import wait_for
 from tests.support.load import ClientLog
 from tests.support.models import register_sklearn_model, small_frame
@@ -337,7 +339,9 @@ def test_2_registry_down(node_cluster: Any, deployment: str, versions: tuple[int
 def restarted_pod_serves(cluster: Any, ns: str) -> None:
     """A server pod deleted while MLflow is down comes back Ready (from the model cache,
     not the registry); the client, still running, sees it serve."""
-    [victim, *_] = server_pods(cluster, ns)
+    import httpx
+
+    [victim, *others] = server_pods(cluster, ns)
     kubectl(cluster, ns, "delete", "pod", victim, "--wait=false")
     wait_for(
         "a new server pod Ready while MLflow is down",
@@ -345,6 +349,15 @@ def restarted_pod_serves(cluster: Any, ns: str) -> None:
         timeout=LONG,
         interval=2,
     )
+    [new] = set(server_pods(cluster, ns)) - set(others)
+    with port_forward(cluster, ns, f"pod/{new}", SERVER_PORT) as port:
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/invocations",
+            content=body(GOOD_ROW),
+            headers={"Content-Type": "application/json"},
+            timeout=60,
+        )
+    assert answer.status_code == 200, answer.text
 
 
 # --------------------------------------------------------------- 3: API server down
