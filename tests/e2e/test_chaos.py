@@ -59,7 +59,7 @@ REPLICAS = 2
 RATE = float(os.environ.get("MODELYARD_CHAOS_RATE", "24"))
 THREADS = 4
 #: Seconds of load before and after each fault.
-SOAK = int(os.environ.get("MODELYARD_CHAOS_SOAK", "10"))
+SOAK = int(os.environ.get("MODELYARD_CHAOS_SOAK", "5"))
 #: Seconds MLflow stays down (the issue: 2 minutes by hand).
 OUTAGE = int(os.environ.get("MODELYARD_CHAOS_OUTAGE", "30"))
 #: Seconds the API server stays down.
