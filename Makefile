@@ -52,6 +52,14 @@ e2e: venv ## End-to-end tests on a real node: images, helm install, pods serving
 	CLUSTER=$(CLUSTER) hack/images.sh build
 	CLUSTER=$(CLUSTER) $(VENV)/bin/pytest tests/e2e $(if $(filter kind,$(CLUSTER)),-m "not node_only") $(PYTEST_ARGS)
 
+# The chaos suite alone (it also runs last in `make e2e`, so in `make test`). Its waits
+# are parameters: MODELYARD_CHAOS_OUTAGE, _SINK_OUTAGE, _APISERVER_OUTAGE, _SOAK, _RATE
+# (docs/reliability.md); the CI defaults keep it short.
+.PHONY: chaos
+chaos: venv ## Faults under load on a real node; one line per case: sent, failed, rows logged, dropped
+	CLUSTER=$(CLUSTER) hack/images.sh build
+	CLUSTER=$(CLUSTER) $(VENV)/bin/pytest tests/e2e -m "chaos$(if $(filter kind,$(CLUSTER)), and not node_only)" $(PYTEST_ARGS)
+
 .PHONY: release
 release: ## Push the images and the chart to REGISTRY (e.g. make release REGISTRY=localhost:5000)
 	@test -n "$(REGISTRY)" || { echo "usage: make release REGISTRY=host[:port][/path]"; exit 2; }

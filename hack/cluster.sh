@@ -10,6 +10,9 @@
 #   hack/cluster.sh down     stop everything it started and wipe the etcd data
 #   hack/cluster.sh env      shell exports: KUBECONFIG and PATH (kubectl, helm first)
 #   hack/cluster.sh status   exit 0 when the API server answers /readyz
+#   hack/cluster.sh restart-apiserver [SECONDS]
+#                            stop kube-apiserver, keep it down SECONDS (default 0),
+#                            start it again and wait for /readyz (a fault to test)
 #
 # Ports (APISERVER_PORT=6443, ETCD_PORT=2379, ETCD_PEER_PORT=2380,
 # CONTROLLER_MANAGER_PORT=10257, SCHEDULER_PORT=10259) can be moved to run a second
@@ -172,6 +175,34 @@ etcd_healthy() {
 
 port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
+start_apiserver() {
+  start kube-apiserver "$bin/kube-apiserver" \
+    --bind-address 0.0.0.0 --secure-port "$api_port" --advertise-address "$advertise" \
+    --etcd-servers "https://127.0.0.1:$etcd_port" --etcd-cafile "$pki/ca.crt" \
+    --etcd-certfile "$pki/apiserver-etcd-client.crt" \
+    --etcd-keyfile "$pki/apiserver-etcd-client.key" \
+    --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
+    --client-ca-file "$pki/ca.crt" \
+    --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" \
+    --kubelet-client-key "$pki/apiserver-kubelet-client.key" \
+    --kubelet-certificate-authority "$pki/ca.crt" \
+    --kubelet-preferred-address-types InternalIP,Hostname \
+    --service-account-key-file "$pki/sa.pub" \
+    --service-account-signing-key-file "$pki/sa.key" \
+    --service-account-issuer https://kubernetes.default.svc \
+    --api-audiences https://kubernetes.default.svc \
+    --authorization-mode Node,RBAC \
+    --enable-admission-plugins NodeRestriction \
+    --service-cluster-ip-range "$service_cidr" \
+    --allow-privileged=true \
+    --requestheader-client-ca-file "$pki/ca.crt" \
+    --requestheader-allowed-names front-proxy-client \
+    --requestheader-username-headers X-Remote-User \
+    --requestheader-group-headers X-Remote-Group \
+    --requestheader-extra-headers-prefix X-Remote-Extra- \
+    --event-ttl 1h --v 1
+}
+
 up() {
   if readyz; then
     if [[ -n ${NODE:-} ]] && ! pid_alive kubelet; then
@@ -218,31 +249,7 @@ up() {
     --quota-backend-bytes 4294967296 --log-level warn
   wait_for etcd 30 etcd_healthy
 
-  start kube-apiserver "$bin/kube-apiserver" \
-    --bind-address 0.0.0.0 --secure-port "$api_port" --advertise-address "$advertise" \
-    --etcd-servers "https://127.0.0.1:$etcd_port" --etcd-cafile "$pki/ca.crt" \
-    --etcd-certfile "$pki/apiserver-etcd-client.crt" \
-    --etcd-keyfile "$pki/apiserver-etcd-client.key" \
-    --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
-    --client-ca-file "$pki/ca.crt" \
-    --kubelet-client-certificate "$pki/apiserver-kubelet-client.crt" \
-    --kubelet-client-key "$pki/apiserver-kubelet-client.key" \
-    --kubelet-certificate-authority "$pki/ca.crt" \
-    --kubelet-preferred-address-types InternalIP,Hostname \
-    --service-account-key-file "$pki/sa.pub" \
-    --service-account-signing-key-file "$pki/sa.key" \
-    --service-account-issuer https://kubernetes.default.svc \
-    --api-audiences https://kubernetes.default.svc \
-    --authorization-mode Node,RBAC \
-    --enable-admission-plugins NodeRestriction \
-    --service-cluster-ip-range "$service_cidr" \
-    --allow-privileged=true \
-    --requestheader-client-ca-file "$pki/ca.crt" \
-    --requestheader-allowed-names front-proxy-client \
-    --requestheader-username-headers X-Remote-User \
-    --requestheader-group-headers X-Remote-Group \
-    --requestheader-extra-headers-prefix X-Remote-Extra- \
-    --event-ttl 1h --v 1
+  start_apiserver
   wait_for "kube-apiserver /readyz" 60 readyz
 
   start kube-controller-manager "$bin/kube-controller-manager" \
@@ -311,6 +318,20 @@ down() {
   log "down"
 }
 
+# restart_apiserver [SECONDS]: stop kube-apiserver (TERM, then KILL), leave it down for
+# SECONDS (default 0), start it again with the same flags and wait for /readyz. Everything
+# else (etcd, the controllers, the node, the pods) runs on: the chaos suite's fault.
+restart_apiserver() {
+  local down_for=${1:-0}
+  pid_alive kube-apiserver || die "kube-apiserver is not running (hack/cluster.sh up)"
+  stop_pid kube-apiserver
+  log "kube-apiserver stopped; starting it again in ${down_for}s"
+  sleep "$down_for"
+  start_apiserver
+  wait_for "kube-apiserver /readyz" 120 readyz
+  log "kube-apiserver is back"
+}
+
 env_exports() {
   printf 'export KUBECONFIG=%q\n' "$dir/kubeconfig"
   printf 'export PATH=%q:"$PATH"\n' "$bin"
@@ -321,8 +342,9 @@ case ${1:-} in
   down) down ;;
   env) env_exports ;;
   status) readyz ;;
+  restart-apiserver) restart_apiserver "${2:-0}" ;;
   *)
-    sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
     ;;
 esac

@@ -149,3 +149,19 @@ def release(node_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
     yield ns
     subprocess.run([*helm, "uninstall", RELEASE, "-n", ns, "--wait"], check=False, timeout=300)
     node_cluster.run_kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The chaos suite (tests/e2e/test_chaos.py) runs after the other e2e tests: it
+    restarts the API server and stops MLflow, which nothing else should meet midway."""
+    items.sort(key=lambda item: item.get_closest_marker("chaos") is not None)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """`make chaos`: one line per case (requests sent, failed, rows logged, dropped)."""
+    from tests.support import chaos
+
+    if chaos.RESULTS:
+        terminalreporter.write_sep("=", "chaos: one line per case")
+        for result in chaos.RESULTS:
+            terminalreporter.write_line(result.line())

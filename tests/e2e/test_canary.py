@@ -35,7 +35,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -46,8 +45,9 @@ import pytest
 
 from modelyard.core.contracts import DEFAULT_MAX_CONNECTION_AGE, ApprovalTags
 from tests.e2e.test_product import condition, md, mlflow_client
-from tests.support.incluster import start_pod, wait_pod
+from tests.support import load
 from tests.support.kube import wait_for
+from tests.support.load import ClientLog
 from tests.support.models import register_sklearn_model, small_frame
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
@@ -92,190 +92,25 @@ def body(row: list[float]) -> str:
 
 
 # ------------------------------------------------------------------------- the client
-CLIENT_SCRIPT = """
-import os, random, sys, threading, time
-import httpx
-url, shadow_url, shadow_version = {url!r}, {shadow_url!r}, {shadow_version!r}
-good, bad = {good!r}.encode(), {bad!r}.encode()
-rate, threads, bad_share, longest = {rate}, {threads}, {bad_share}, {longest}
-out = threading.Lock()
-stop = threading.Event()
-def emit(line):
-    with out:
-        sys.stdout.write(line + "\\n")
-def worker(i):
-    rng = random.Random(i)
-    period = threads / rate
-    start = time.monotonic() + i * period / threads
-    k = 0
-    headers = {{"Content-Type": "application/json"}}
-    with httpx.Client(timeout=10, headers=headers) as client:
-        while not stop.is_set():
-            is_bad = rng.random() < bad_share
-            sent = time.time()
-            try:
-                answer = client.post(url, content=bad if is_bad else good)
-                status = answer.status_code
-                version = answer.headers.get("x-model-version", "-")
-                copied = answer.headers.get("x-modelyard-mirrored") == "1"
-            except httpx.HTTPError as error:
-                status, version, copied = 0, type(error).__name__, False
-            emit("r %.3f %.4f %d %s %d %d %d"
-                 % (sent, time.time() - sent, status, version, is_bad, i, copied))
-            k += 1
-            time.sleep(max(0.0, start + k * period - time.monotonic()))
-def shadow_counter():
-    # The shadow's own count of the requests it answered, and the seconds its answers
-    # took (its /metrics, via its Service).
-    def total(lines, prefix):
-        return sum(
-            float(line.rsplit(" ", 1)[1]) for line in lines
-            if line.startswith(prefix + "{{")
-            and 'model_version="%s"' % shadow_version in line
-        )
-    with httpx.Client(timeout=2) as client:
-        while not stop.is_set():
-            started = time.time()
-            try:
-                lines = client.get(shadow_url).text.splitlines()
-                answered = [line for line in lines if 'status="200"' in line]
-                emit("m %.3f %.1f %.4f %.1f" % (
-                    time.time(), total(lines, "modelyard_requests_total"),
-                    total(answered, "modelyard_request_duration_seconds_sum"),
-                    total(answered, "modelyard_request_duration_seconds_count"),
-                ))
-            except (httpx.HTTPError, ValueError, IndexError):
-                pass
-            time.sleep(max(0.0, started + 1.0 - time.time()))
-workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
-if shadow_url:
-    workers.append(threading.Thread(target=shadow_counter))
-for w in workers:
-    w.start()
-began = time.monotonic()
-while not os.path.exists("/tmp/stop") and time.monotonic() - began < longest:
-    time.sleep(0.2)
-stop.set()
-for w in workers:
-    w.join()
-emit("done")
-"""
-
-
-@dataclasses.dataclass(frozen=True)
-class Answer:
-    sent: float
-    seconds: float
-    status: int
-    version: str
-    bad: bool
-    #: The client thread (one keep-alive connection) that sent it.
-    thread: int
-    #: The router's word that a copy went to the shadow (X-Modelyard-Mirrored).
-    mirrored: bool
-
-
-@dataclasses.dataclass
-class ClientLog:
-    answers: list[Answer]
-    #: (time, the shadow's request count) read once a second.
-    shadow: list[tuple[float, float]]
-    #: (time, the seconds the shadow's answers took in all, how many) read with it.
-    shadow_seconds: list[tuple[float, float, float]]
-
-    def within(self, start: float, end: float) -> list[Answer]:
-        return [a for a in self.answers if start <= a.sent <= end]
-
-    def followers(self, start: float, end: float) -> tuple[list[float], list[float]]:
-        """The seconds of the answers sent in [start, end] that followed, on the same
-        connection, a request the router mirrored, and those that followed one it did
-        not: nginx's ``mirror`` holds the next request on a keep-alive connection until
-        the shadow has answered the copy, so that is where a slow shadow would show."""
-        after_copy: list[float] = []
-        after_plain: list[float] = []
-        previous: dict[int, Answer] = {}
-        for a in sorted(self.answers, key=lambda a: a.sent):
-            before = previous.get(a.thread)
-            previous[a.thread] = a
-            if before is None or not start <= a.sent <= end:
-                continue
-            (after_copy if before.mirrored else after_plain).append(a.seconds)
-        return after_copy, after_plain
-
-    def shadow_mean_seconds(self, start: float, end: float) -> float:
-        """The shadow's mean answer time over [start, end], from its own histogram."""
-        readings = [(s, n) for t, s, n in self.shadow_seconds if start <= t <= end]
-        assert len(readings) >= 2, self.shadow_seconds[-5:]
-        (s0, n0), (s1, n1) = readings[0], readings[-1]
-        assert n1 > n0, readings
-        return (s1 - s0) / (n1 - n0)
-
-    def failed(self) -> list[Answer]:
-        return [a for a in self.answers if a.status != 200]
-
-
-class Client:
-    """The client pod: started, stopped, its log read."""
-
-    def __init__(self, cluster: Any, ns: str, *, shadow_version: int | None = None,
-                 bad_share: float = 0.0) -> None:  # fmt: skip
-        self.cluster, self.ns = cluster, ns
-        self.name = f"client-{uuid.uuid4().hex[:6]}"
-        script = CLIENT_SCRIPT.format(
-            url=f"http://{NAME}.{ns}.svc.cluster.local/invocations",
-            shadow_url=(
-                f"http://{NAME}-shadow.{ns}.svc.cluster.local/metrics" if shadow_version else ""
-            ),
-            shadow_version=str(shadow_version or ""),
-            good=body(GOOD_ROW),
-            bad=body(BAD_ROW),
-            rate=RATE,
-            threads=THREADS,
-            bad_share=bad_share,
-            longest=1200,
-        )
-        start_pod(cluster, ns, toolkit(), script, name=self.name)
-        wait_for(
-            "the client pod to run",
-            lambda: self._phase() == "Running",
-            timeout=120,
-        )
-        time.sleep(3)  # its first requests answered
-
-    def _phase(self) -> str:
-        return str(
-            self.cluster.run_kubectl(
-                "-n", self.ns, "get", "pod", self.name, "-o", "jsonpath={.status.phase}",
-                check=False,
-            ).stdout
-        )  # fmt: skip
-
-    def stop(self) -> ClientLog:
-        self.cluster.run_kubectl(
-            "-n", self.ns, "exec", self.name, "--", "python3", "-c",
-            "open('/tmp/stop', 'w').close()",
-        )  # fmt: skip
-        log = wait_pod(self.cluster, self.ns, self.name, timeout=60)
-        answers, shadow, seconds = [], [], []
-        for line in log.splitlines():
-            parts = line.split()
-            if parts[:1] == ["r"]:
-                answers.append(
-                    Answer(float(parts[1]), float(parts[2]), int(parts[3]), parts[4],
-                           parts[5] == "1", int(parts[6]), parts[7] == "1")
-                )  # fmt: skip
-            elif parts[:1] == ["m"]:
-                shadow.append((float(parts[1]), float(parts[2])))
-                seconds.append((float(parts[1]), float(parts[3]), float(parts[4])))
-        assert log.rstrip().endswith("done"), log[-3000:]
-        self.cluster.run_kubectl("-n", self.ns, "delete", "pod", self.name, "--wait=false")
-        return ClientLog(answers, shadow, seconds)
-
-
-def toolkit() -> str:
-    from modelyard._version import __version__
-
-    return f"modelyard/toolkit:{__version__}"
+def start_client(
+    cluster: Any, ns: str, *, shadow_version: int | None = None, bad_share: float = 0.0
+) -> load.Client:
+    """The keep-alive client (tests/support/load.py) of NAME's Service."""
+    return load.Client(
+        cluster,
+        ns,
+        image=load.toolkit(),
+        url=f"http://{NAME}.{ns}.svc.cluster.local/invocations",
+        shadow_url=(
+            f"http://{NAME}-shadow.{ns}.svc.cluster.local/metrics" if shadow_version else ""
+        ),
+        shadow_version=shadow_version,
+        good=body(GOOD_ROW),
+        bad=body(BAD_ROW),
+        rate=RATE,
+        threads=THREADS,
+        bad_share=bad_share,
+    )
 
 
 # ------------------------------------------------------------- status, as it was seen
@@ -568,7 +403,7 @@ def healthy_rollout(node_cluster: Any, deployment: str, versions: Versions) -> R
         timeout=300,
         interval=2,
     )  # fmt: skip
-    client = Client(node_cluster, ns, shadow_version=versions.shadow)
+    client = start_client(node_cluster, ns, shadow_version=versions.shadow)
     seen = Seen()
     move_alias(node_cluster, ns, "champion", versions.healthy)
     removed: float | None = None
@@ -731,7 +566,7 @@ def rolled_back(
             **analysis,
         ),
     )
-    client = Client(cluster, ns, bad_share=bad_share)
+    client = start_client(cluster, ns, bad_share=bad_share)
     seen = Seen()
     move_alias(cluster, ns, "champion", version)
     done = False
