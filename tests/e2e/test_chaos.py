@@ -8,8 +8,9 @@ connections) that logs every request it sends, with a request id naming the case
 1. the operator's leader SIGKILLed (its pod deleted with grace 0) while an alias move
    rolls out: the standby takes the Lease, the rollout completes, no duplicate children;
 2. MLflow down for ``OUTAGE`` seconds: serving goes on, ``ModelResolved`` is False with
-   reason ``RegistryUnavailable`` during it and True after; with ``POD_IN_OUTAGE`` a
-   server pod deleted during the outage comes back and serves (needs the model cache);
+   reason ``RegistryUnavailable`` during it and True after; a server pod deleted during
+   the outage comes back and serves (it loads its version from the model cache, on the
+   same S3 store as the prediction log);
 3. the API server restarted (``hack/cluster.sh restart-apiserver``, down
    ``APISERVER_OUTAGE`` seconds): the operator reconnects and acts on a change made right
    after;
@@ -66,9 +67,8 @@ OUTAGE = int(os.environ.get("MODELYARD_CHAOS_OUTAGE", "30"))
 APISERVER_OUTAGE = int(os.environ.get("MODELYARD_CHAOS_APISERVER_OUTAGE", "5"))
 #: Seconds the prediction log's sink stays down (the issue: a minute by hand).
 SINK_OUTAGE = int(os.environ.get("MODELYARD_CHAOS_SINK_OUTAGE", "20"))
-#: Delete a server pod while MLflow is down and wait for it to serve (needs the
-#: servers' model cache, issue 15; off until it is there).
-POD_IN_OUTAGE = os.environ.get("MODELYARD_CHAOS_POD_IN_OUTAGE", "0") == "1"
+#: The Secret with the S3 store's keys, for the prediction log and the model cache.
+SINK_SECRET = "chaos-s3"
 #: Generous: the node has 2 cores shared with everything else.
 LONG = 600
 
@@ -84,14 +84,8 @@ def kubectl(cluster: Any, ns: str, *args: str, check: bool = True) -> str:
 
 # ---------------------------------------------------------------------- the setup
 @pytest.fixture(scope="module")
-def sink(release: str) -> Iterator[chaos.Sink | None]:
+def sink(release: str) -> Iterator[chaos.Sink]:
     """The prediction log every server pod writes to (tests/support/chaos.py)."""
-    kind = chaos.sink_kind()
-    if kind == "none":
-        yield None
-        return
-    if kind != "s3":
-        pytest.fail(f"{chaos.SINK_ENV}={kind!r}: expected s3 or none", pytrace=False)
     with chaos.s3_sink(host_address(), free_port(), f"{release}/{NAME}") as found:
         yield found
 
@@ -137,7 +131,7 @@ def versions(node_cluster: Any, release: str) -> tuple[int, int]:
 
 @pytest.fixture(scope="module")
 def deployment(
-    node_cluster: Any, release: str, versions: tuple[int, int], sink: chaos.Sink | None
+    node_cluster: Any, release: str, versions: tuple[int, int], sink: chaos.Sink
 ) -> Iterator[str]:
     """ModelDeployment NAME, 2 replicas, logging to the sink; Ready. Deleted by case 6
     (the graceful stop) or, if that did not run, here."""
@@ -145,9 +139,20 @@ def deployment(
         "model": {"name": NAME, "alias": "champion"},
         "server": {"replicas": REPLICAS},
     }
-    if sink is not None:
-        spec["monitoring"] = {"predictionLog": sink.url}
-        spec["server"]["env"] = sink.server_env()
+    # The store's keys reach the servers only through a Secret: the prediction log and
+    # the model cache (which lets a pod start while MLflow is down, case 2) share it.
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": SINK_SECRET},
+              "stringData": sink.secret_data()}  # fmt: skip
+    subprocess.run(
+        [node_cluster.kubectl, "--kubeconfig", str(node_cluster.kubeconfig), "-n", release,
+         "apply", "-f", "-"],
+        input=json.dumps(secret), text=True, check=True, capture_output=True,
+    )  # fmt: skip
+    spec["monitoring"] = {
+        "predictionLog": sink.url,
+        "predictionLogSecretRef": {"name": SINK_SECRET},
+    }
+    spec["server"]["modelCache"] = {"url": sink.cache_url, "secretRef": {"name": SINK_SECRET}}
     manifest = {
         "apiVersion": "modelyard.io/v1alpha1",
         "kind": "ModelDeployment",
@@ -318,8 +323,7 @@ def test_2_registry_down(node_cluster: Any, deployment: str, versions: tuple[int
             timeout=LONG,
             interval=1,
         )
-        if POD_IN_OUTAGE:
-            restarted_pod_serves(node_cluster, ns)
+        restarted_pod_serves(node_cluster, ns)
         while time.monotonic() < began + OUTAGE:
             resolved()
             time.sleep(1)
@@ -419,12 +423,10 @@ def test_4_server_pod_deleted(
 
 # ------------------------------------------------------------------- 5: sink down
 def test_5_prediction_log_sink_down(
-    node_cluster: Any, deployment: str, versions: tuple[int, int], sink: chaos.Sink | None
+    node_cluster: Any, deployment: str, versions: tuple[int, int], sink: chaos.Sink
 ) -> None:
     """The sink stopped for SINK_OUTAGE seconds: the servers answer on and keep the rows
     (the count after the graceful stop, case 6, says none was lost)."""
-    if sink is None:
-        pytest.skip(f"no prediction-log sink ({chaos.SINK_ENV}=none): nothing to stop")
     ns, live = deployment, versions[1]
     serving_ready(node_cluster, ns, live)
     with loaded(node_cluster, ns, "5-sink-down"):
@@ -436,15 +438,11 @@ def test_5_prediction_log_sink_down(
 
 
 # ----------------------------------------------- 6: graceful stop, rows == answers
-def test_6_graceful_stop_loses_no_row(
-    node_cluster: Any, deployment: str, sink: chaos.Sink | None
-) -> None:
+def test_6_graceful_stop_loses_no_row(node_cluster: Any, deployment: str, sink: chaos.Sink) -> None:
     """Every server stopped with SIGTERM (the ModelDeployment deleted): each case's rows
     in the log plus the rows recorded as dropped equal the requests it had answered."""
     ns = deployment
     delete_deployment(node_cluster, ns)
-    if sink is None:
-        pytest.skip(f"no prediction-log sink ({chaos.SINK_ENV}=none): no rows to count")
     assert LOGS, "no case ran before the graceful stop"
     ids = sink.request_ids()
     mine = [i for i in ids if i.startswith(RUN + "-")]

@@ -4,23 +4,17 @@ Each case's numbers (requests sent, failed, rows logged, dropped) are kept in
 ``RESULTS``; tests/e2e/conftest.py prints them as a table at the end of the run.
 
 The prediction log's sink is pluggable (``Sink``): the suite needs a sink that every
-server pod writes to and that the test can stop, start and read. ``s3`` is a real S3
-server on the host (tests/support/s3.py, ``running_s3``); ``MODELYARD_CHAOS_SINK=none``
-runs the suite without a prediction log (the cases that count rows are then skipped,
-and say why).
+server pod writes to and that the test can stop, start and read: ``s3_sink``, a real S3
+server on the host (tests/support/s3.py), which also holds the servers' model cache.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, Protocol
-
-#: Which sink: "s3" (default when tests/support/s3.py exists) or "none".
-SINK_ENV = "MODELYARD_CHAOS_SINK"
 
 
 @dataclasses.dataclass
@@ -70,9 +64,12 @@ class Sink(Protocol):
 
     #: The ModelDeployment's ``spec.monitoring.predictionLog``.
     url: str
+    #: Its ``spec.server.modelCache.url``, on the same store.
+    cache_url: str
 
-    def server_env(self) -> list[dict[str, str]]:
-        """What the server pods need to write to it (``spec.server.env``)."""
+    def secret_data(self) -> dict[str, str]:
+        """What the server pods need to reach it (keys, endpoint), for a Secret that
+        ``spec.monitoring.predictionLogSecretRef`` names."""
 
     def stop(self) -> None:
         """The sink goes down: writes fail until ``start``."""
@@ -94,12 +91,13 @@ class FsspecSink:
     url: str
     fs: Any
     path: str
-    env: list[dict[str, str]]
+    env: dict[str, str]
     down: Any
     up: Any
+    cache_url: str = ""
 
-    def server_env(self) -> list[dict[str, str]]:
-        return self.env
+    def secret_data(self) -> dict[str, str]:
+        return dict(self.env)
 
     def stop(self) -> None:
         self.down()
@@ -136,34 +134,24 @@ class FsspecSink:
 
 
 @contextmanager
-def s3_sink(host: str, port: int, prefix: str) -> Iterator[Sink]:
+def s3_sink(host: str, port: int, prefix: str) -> Iterator[FsspecSink]:
     """A real S3 server on the host (tests/support/s3.py), a bucket for the log."""
-    from tests.support import s3  # type: ignore[attr-defined]  # issue 15's S3 server
+    import s3fs
 
-    server = s3.running_s3(host, port)
-    try:
+    from tests.support import s3
+
+    with s3.running_s3(host, port) as server:
         bucket = "chaos-predictions"
         server.create_bucket(bucket)
-        import s3fs
-
         fs = s3fs.S3FileSystem(
             key=server.access_key,
             secret=server.secret_key,
             client_kwargs={"endpoint_url": server.endpoint_url},
         )
-        env = [{"name": k, "value": v} for k, v in server.env().items()]
         yield FsspecSink(
-            f"s3://{bucket}/{prefix}", fs, f"{bucket}/{prefix}", env, server.stop, server.start
-        )
-    finally:
-        server.stop()
-
-
-def sink_kind() -> str:
-    from pathlib import Path
-
-    default = "s3" if (Path(__file__).parent / "s3.py").exists() else "none"
-    return os.environ.get(SINK_ENV, default)
+            f"s3://{bucket}/{prefix}", fs, f"{bucket}/{prefix}", server.env(), server.stop,
+            server.start, cache_url=f"s3://{bucket}/model-cache",
+        )  # fmt: skip
 
 
 def counted(ids: Iterable[str], prefix: str) -> int:
