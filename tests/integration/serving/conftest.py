@@ -83,7 +83,14 @@ def start_modelyard(
         port,
         ready_path,
         log,
-        {"MLFLOW_TRACKING_URI": model.tracking_uri, **extra_env},
+        # Each server its own BENTOML_HOME, as each pod has: BentoML clears the
+        # multiprocess metrics directory under it when a server starts, so servers sharing
+        # one would wipe each other's counters.
+        {
+            "MLFLOW_TRACKING_URI": model.tracking_uri,
+            "BENTOML_HOME": str(log.parent / f"bentoml-{port}"),
+            **extra_env,
+        },
     )
 
 
