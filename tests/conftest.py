@@ -23,15 +23,7 @@ import pytest
 
 from tests.support.postgres import Postgres, running_postgres
 from tests.support.s3 import S3Server, running_s3
-from tests.support.servers import (
-    REPO,
-    Cluster,
-    MlflowServer,
-    free_port,
-    start_mlflow_server,
-    stop_process,
-    wait_http,
-)
+from tests.support.servers import REPO, Cluster, MlflowServer, running_mlflow_server
 
 
 # ----------------------------------------------------------------------------- cluster
@@ -91,18 +83,8 @@ def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]
 # ------------------------------------------------------------------------------ mlflow
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MlflowServer]:
-    root = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    proc, log = start_mlflow_server(root, port)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        # A parameter: on a machine shared with other jobs the server can take minutes.
-        wait_http(
-            f"{url}/health", float(os.environ.get("MODELYARD_MLFLOW_START_S", "240")), proc, log
-        )
-        yield MlflowServer(url=url, root=root)
-    finally:
-        stop_process(proc)
+    with running_mlflow_server(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server
 
 
 # ---------------------------------------------------------------------------- postgres
@@ -129,19 +111,12 @@ def s3_mlflow_server(
     bucket ``mlflow`` (prefix ``artifacts``), proxied to clients (mlflow-artifacts:), with
     the keys and endpoint in its environment only."""
     s3.create_bucket("mlflow")
-    root = tmp_path_factory.mktemp("mlflow-s3")
-    port = free_port()
-    proc, log = start_mlflow_server(
-        root, port, env=s3.env(), artifacts_destination="s3://mlflow/artifacts"
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(
-            f"{url}/health", float(os.environ.get("MODELYARD_MLFLOW_START_S", "240")), proc, log
-        )
-        yield MlflowServer(url=url, root=root)
-    finally:
-        stop_process(proc)
+    with running_mlflow_server(
+        tmp_path_factory.mktemp("mlflow-s3"),
+        env=s3.env(),
+        artifacts_destination="s3://mlflow/artifacts",
+    ) as server:
+        yield server
 
 
 # --------------------------------------------------------------------------------- CRD

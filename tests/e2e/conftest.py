@@ -18,6 +18,9 @@ import pytest
 from tests.support.incluster import E2E_RELEASE as RELEASE
 from tests.support.servers import REPO, Cluster
 
+#: The Secret shared by the e2e release's operator and MLflow for registry webhooks.
+WEBHOOK_SECRET = "e2e-webhook"
+
 
 def _version() -> str:
     from modelyard._version import __version__
@@ -115,6 +118,15 @@ def release(node_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
         node_cluster.run_kubectl(
             "label", "namespace", ns, f"pod-security.kubernetes.io/{mode}=restricted"
         )
+    # The operator receives MLflow's registry webhooks (through its Service); polling
+    # stays on as the fallback (operator.resolveInterval).
+    from cryptography.fernet import Fernet
+
+    node_cluster.run_kubectl(
+        "-n", ns, "create", "secret", "generic", WEBHOOK_SECRET,
+        f"--from-literal=secret={uuid.uuid4().hex}",
+        f"--from-literal=encryption-key={Fernet.generate_key().decode()}",
+    )  # fmt: skip
     helm = [str(node_cluster.bin_dir / "helm"), "--kubeconfig", str(node_cluster.kubeconfig)]
     install = subprocess.run(
         [
@@ -129,6 +141,10 @@ def release(node_cluster: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
             "operator.resolveInterval=3",
             "--set",
             "pipelines.suspend=true",
+            "--set",
+            "operator.webhook.enabled=true",
+            "--set",
+            f"operator.webhook.secretName={WEBHOOK_SECRET}",
             "--set-file",
             f"pipelines.definitions.{RETRAIN_PIPELINE}.definition="
             f"{retrain_definition(tmp_path_factory.mktemp('pipelines'))}",

@@ -8,17 +8,21 @@ own, so each test can run alone (pytest -k) and in any order.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pandas as pd
 import pytest
 
@@ -90,13 +94,43 @@ def test_chart_installs_and_its_pods_run(node_cluster: Any, release: str) -> Non
     assert tested.returncode == 0, tested.stdout + tested.stderr
 
 
+@dataclass(frozen=True)
+class FirstRun:
+    """The sample pipeline's first run, whose orchestrating pod was killed once mid-run."""
+
+    champion: int  # the version it made champion
+    killed_pod: str  # the orchestrating pod deleted while a step Job ran
+    jobs_before_kill: dict[str, str]  # step Job name -> uid, when it was deleted
+
+
+def step_jobs(cluster: Any, ns: str) -> list[dict[str, Any]]:
+    """The sample pipeline's step Jobs (the orchestrating Job has no step label)."""
+    selector = f"modelyard.io/pipeline={MODEL},modelyard.io/step"
+    out = cluster.run_kubectl("-n", ns, "get", "jobs", "-l", selector, "-o", "json").stdout
+    return list(json.loads(out)["items"])
+
+
+def orchestrator_pods(cluster: Any, ns: str, job: str) -> list[dict[str, Any]]:
+    out = cluster.run_kubectl("-n", ns, "get", "pods", "-l", f"job-name={job}", "-o", "json")
+    return list(json.loads(out.stdout)["items"])
+
+
 @pytest.fixture(scope="module")
-def champion(node_cluster: Any, release: str) -> int:
-    """The sample pipeline run as a Job from the chart's CronJob: the version it made
-    champion."""
+def first_run(node_cluster: Any, release: str) -> FirstRun:
+    """The sample pipeline run as a Job from the chart's CronJob. Once its first step Job
+    exists, the orchestrating pod is deleted (SIGTERM, 1 s grace): the Job starts another
+    pod (backoffLimit 1), which must find the step Jobs by name and adopt them."""
     job = "churn-first-run"
     node_cluster.run_kubectl(
         "-n", release, "create", "job", job, f"--from=cronjob/{RELEASE}-modelyard-churn"
+    )
+    jobs = wait_for(
+        "the first step Job", lambda: step_jobs(node_cluster, release), timeout=600, interval=1
+    )
+    [pod] = [p["metadata"]["name"] for p in orchestrator_pods(node_cluster, release, job)]
+    before = {j["metadata"]["name"]: j["metadata"]["uid"] for j in jobs}
+    node_cluster.run_kubectl(
+        "-n", release, "delete", "pod", pod, "--grace-period=1", "--wait=false"
     )
     done = node_cluster.run_kubectl(
         "-n",
@@ -112,7 +146,40 @@ def champion(node_cluster: Any, release: str) -> int:
         logs = node_cluster.run_kubectl("-n", release, "logs", f"job/{job}", check=False)
         pytest.fail(f"the pipeline Job did not complete:\n{logs.stdout[-5000:]}{logs.stderr}")
     with mlflow_client(node_cluster, release) as (mlflow, _):
-        return int(mlflow.get_model_version_by_alias(MODEL, "champion").version)
+        champion = int(mlflow.get_model_version_by_alias(MODEL, "champion").version)
+    return FirstRun(champion, pod, before)
+
+
+@pytest.fixture(scope="module")
+def champion(first_run: FirstRun) -> int:
+    return first_run.champion
+
+
+def test_a_restarted_orchestrator_adopts_its_jobs_and_starts_no_step_twice(
+    node_cluster: Any, release: str, first_run: FirstRun
+) -> None:
+    job = "churn-first-run"
+    orchestrating = json.loads(
+        node_cluster.run_kubectl("-n", release, "get", "job", job, "-o", "json").stdout
+    )
+    # One pod killed, one that finished the run.
+    assert orchestrating["status"].get("failed") == 1, orchestrating["status"]
+    assert orchestrating["status"].get("succeeded") == 1, orchestrating["status"]
+    [second] = [
+        p for p in orchestrator_pods(node_cluster, release, job)
+        if p["metadata"]["name"] != first_run.killed_pod
+    ]  # fmt: skip
+    log = node_cluster.run_kubectl("-n", release, "logs", second["metadata"]["name"]).stdout
+    after = {j["metadata"]["name"]: j for j in step_jobs(node_cluster, release)}
+    print(f"killed {first_run.killed_pod} with {sorted(first_run.jobs_before_kill)} created")
+    for name, uid in first_run.jobs_before_kill.items():
+        # The same Job object (not deleted and made again), adopted by the second pod.
+        assert after[name]["metadata"]["uid"] == uid, name
+        assert f"job {name}: adopted (this run's)" in log, log[-3000:]
+    for name, step_job in after.items():
+        # Each step ran once: one Job per step (names are per run), its completions done.
+        completions = step_job["spec"].get("completions") or 1
+        assert step_job["status"].get("succeeded") == completions, (name, step_job["status"])
 
 
 def test_pipeline_job_trains_and_registers_the_champion(
@@ -398,6 +465,48 @@ def test_network_policies_admit_the_toolkit_and_refuse_other_namespaces(
     assert all(str(v).startswith("no connection") for v in refused.values()), refused
 
 
+STUDY_PROBE = """
+import json, warnings
+import optuna
+warnings.simplefilter("ignore")
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+storage = optuna.storages.GrpcStorageProxy(host={host!r}, port={port})
+try:
+    storage.wait_server_ready(timeout={timeout})
+except ConnectionError:
+    print(json.dumps({{"error": "no connection"}}))
+    raise SystemExit(0)
+study = optuna.create_study(study_name={study!r}, storage=storage, load_if_exists=True)
+study.optimize(lambda trial: trial.suggest_float("x", 0, 1) ** 2, n_trials=3)
+print(json.dumps({{"trials": len(study.trials)}}))
+"""
+
+
+def test_the_study_storage_serves_tuning_pods_and_no_other(
+    node_cluster: Any, release: str, toolkit_image: str
+) -> None:
+    """The chart's study storage (pipelines.tuning.storage.proxy: Optuna's gRPC proxy
+    beside MLflow, on the MLflow claim): a pod labelled as a tuning step's runs trials
+    in a study through the Service; any other pod of the namespace gets no connection."""
+    from modelyard.core.contracts import LABEL_STUDY_CLIENT
+
+    study = f"e2e-{uuid.uuid4().hex[:6]}"
+    script = STUDY_PROBE.format(
+        host=f"{RELEASE}-modelyard-mlflow", port=50051, timeout=10, study=study
+    )
+    tuning = json.loads(
+        run_pod(node_cluster, release, toolkit_image, script, labels={LABEL_STUDY_CLIENT: "true"})
+    )
+    other = json.loads(run_pod(node_cluster, release, toolkit_image, script))
+    assert tuning == {"trials": 3}
+    assert other == {"error": "no connection"}
+    # The same study again: kept by the proxy, three more trials.
+    again = json.loads(
+        run_pod(node_cluster, release, toolkit_image, script, labels={LABEL_STUDY_CLIENT: "true"})
+    )
+    assert again == {"trials": 6}
+
+
 LOAD_SCRIPT = """
 import json, time, threading, urllib.request
 url = "http://{host}/invocations"
@@ -502,6 +611,69 @@ done = subprocess.run(["modelyard", "drift", "check", "--model", "{model}",
 print(json.dumps({{"exit": done.returncode, "shifted": numeric,
                   "summary": json.loads(done.stdout), "stderr": done.stderr[-2000:]}}))
 """
+
+
+def webhook_deliveries(cluster: Any, ns: str) -> dict[str, float]:
+    """Registry webhook deliveries by outcome, summed over the operator's replicas."""
+    pods = json.loads(
+        cluster.run_kubectl(
+            "-n", ns, "get", "pods", "-l", "app.kubernetes.io/component=operator", "-o", "json"
+        ).stdout
+    )["items"]  # fmt: skip
+    total: dict[str, float] = {}
+    for pod in pods:
+        with port_forward(cluster, ns, f"pod/{pod['metadata']['name']}", 8081) as port:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        for line in text.splitlines():
+            found = re.match(
+                r'modelyard_operator_webhook_deliveries_total\{outcome="(\w+)"\} (\S+)', line
+            )
+            if found:
+                total[found[1]] = total.get(found[1], 0.0) + float(found[2])
+    return total
+
+
+def test_a_registry_webhook_reaches_the_active_operator_through_its_service(
+    node_cluster: Any, release: str, serving: int
+) -> None:
+    """The webhook registered as docs/operations.md says (`modelyard registry webhook
+    create`, an MLflow admin, the shared secret from the Secret): a tag set on the served
+    version is delivered by the MLflow pod to the operator's Service, and the replica
+    that acts accepts it (the standby answers 503 and MLflow retries)."""
+    from tests.e2e.conftest import WEBHOOK_SECRET
+
+    secret = base64.b64decode(
+        node_cluster.run_kubectl(
+            "-n", release, "get", "secret", WEBHOOK_SECRET, "-o", "jsonpath={.data.secret}"
+        ).stdout
+    ).decode()  # fmt: skip
+    receiver = f"http://{RELEASE}-modelyard-operator.{release}:8082/webhooks/mlflow"
+    before = webhook_deliveries(node_cluster, release)
+    with mlflow_client(node_cluster, release) as (mlflow, uri):
+        created = subprocess.run(
+            [str(Path(sys.executable).parent / "modelyard"), "registry", "webhook", "create",
+             "--url", receiver, "--tracking-uri", uri],
+            env={**os.environ, "MODELYARD_WEBHOOK_SECRET": secret},
+            capture_output=True, text=True, timeout=120, check=False,
+        )  # fmt: skip
+        assert created.returncode == 0, created.stdout + created.stderr
+        assert secret not in created.stdout + created.stderr
+        mlflow.set_model_version_tag(MODEL, str(serving), "e2e.webhook", uuid.uuid4().hex)
+    accepted = wait_for(
+        "an accepted webhook delivery",
+        lambda: (
+            webhook_deliveries(node_cluster, release).get("accepted", 0.0)
+            > before.get("accepted", 0.0)
+        ),
+        timeout=120,
+        interval=3,
+    )
+    assert accepted
+    after = webhook_deliveries(node_cluster, release)
+    print(f"webhook deliveries before {before}, after {after}")
+    # Every delivery was signed as the operator expects, and none was malformed.
+    for refused in ("unsigned", "forged", "stale", "invalid"):
+        assert after.get(refused, 0.0) == before.get(refused, 0.0), after
 
 
 def test_drift_check_runs_in_the_cluster_and_its_report_exists(

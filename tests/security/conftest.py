@@ -14,7 +14,7 @@ import pytest
 from modelyard.core.contracts import RegistryUsers
 from tests.integration.operator.conftest import operator, operator_environment  # noqa: F401
 from tests.support.models import registry_login
-from tests.support.servers import free_port, start_mlflow_server, stop_process, wait_http
+from tests.support.servers import running_mlflow_server
 
 #: What the credentials Secret holds (the operator generates it in a cluster).
 PASSWORDS = {
@@ -35,15 +35,8 @@ class AuthMlflow:
 def auth_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthMlflow]:
     """A real `mlflow server --app-name basic-auth` whose users `modelyard registry
     init-users` created, as in the chart."""
-    root = tmp_path_factory.mktemp("auth-mlflow")
-    port = free_port()
-    proc, log = start_mlflow_server(root, port, auth=PASSWORDS)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/health", 240, proc, log)
-        yield AuthMlflow(url)
-    finally:
-        stop_process(proc)
+    with running_mlflow_server(tmp_path_factory.mktemp("auth-mlflow"), auth=PASSWORDS) as server:
+        yield AuthMlflow(server.url)
 
 
 @contextmanager

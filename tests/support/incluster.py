@@ -41,11 +41,15 @@ def run_pod(
     name: str | None = None,
     env: dict[str, str] | None = None,
     registry_user: str | None = None,
+    labels: dict[str, str] | None = None,
 ) -> str:
     """Run ``python3 -c script`` in a one-shot restricted pod; return its output.
     Fails the test with the pod's log when the script fails."""
     name = name or f"run-{uuid.uuid4().hex[:8]}"
-    start_pod(cluster, namespace, image, script, name=name, env=env, registry_user=registry_user)
+    start_pod(
+        cluster, namespace, image, script,
+        name=name, env=env, registry_user=registry_user, labels=labels,
+    )  # fmt: skip
     return wait_pod(cluster, namespace, name, timeout=timeout)
 
 

@@ -9,6 +9,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -191,6 +193,33 @@ def start_mlflow_server(
         start_new_session=True,
     )
     return proc, log
+
+
+#: How long an `mlflow server` may take to answer /health: a parameter, since on a
+#: machine shared with other jobs it can take minutes.
+MLFLOW_START_S = float(os.environ.get("MODELYARD_MLFLOW_START_S", "240"))
+
+
+@contextmanager
+def running_mlflow_server(
+    root: Path,
+    *,
+    port: int | None = None,
+    auth: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
+    artifacts_destination: str | None = None,
+) -> Iterator[MlflowServer]:
+    """``start_mlflow_server``, answering /health, stopped afterwards."""
+    port = port or free_port()
+    proc, log = start_mlflow_server(
+        root, port, auth=auth, env=env, artifacts_destination=artifacts_destination
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", MLFLOW_START_S, proc, log)
+        yield MlflowServer(url=url, root=root)
+    finally:
+        stop_process(proc)
 
 
 @dataclass(frozen=True)

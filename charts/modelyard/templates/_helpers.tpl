@@ -320,3 +320,24 @@ hung run must never block the next ones (concurrencyPolicy Forbid).
 {{- define "modelyard.pipeline.configMapName" -}}
 {{- printf "%s-%s-pipeline" (include "modelyard.fullname" .ctx) .name | lower | replace "_" "-" | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
+
+{{/*
+"true" when the chart serves the tuning steps' study storage (pipelines.tuning.storage.proxy):
+Optuna's gRPC storage proxy beside MLflow, used when no existingSecret is given.
+*/}}
+{{- define "modelyard.studyStorage.proxy" -}}
+{{- $storage := .Values.pipelines.tuning.storage -}}
+{{- if and .Values.mlflow.enabled .Values.pipelines.enabled $storage.proxy.enabled (not $storage.existingSecret) -}}
+true
+{{- end -}}
+{{- end -}}
+
+{{/* The proxy's database: PostgreSQL beside the registry's, else SQLite on its claim. */}}
+{{- define "modelyard.studyStorage.databaseUri" -}}
+{{- $pg := .Values.mlflow.backendStore.postgresql -}}
+{{- if $pg.host -}}
+postgresql+psycopg://{{ $pg.host }}:{{ $pg.port }}/{{ .Values.pipelines.tuning.storage.proxy.postgresqlDatabase }}
+{{- else -}}
+sqlite:////var/lib/mlflow/studies.db
+{{- end -}}
+{{- end -}}

@@ -391,6 +391,41 @@ def register(app: typer.Typer) -> None:
         console.print(table)
         console.print("[green]valid[/]")
 
+    @pipeline_app.command("study-storage")
+    def study_storage_command(
+        url: Annotated[
+            str,
+            typer.Option(
+                help="Where the studies are kept: an SQLAlchemy URL, e.g. "
+                "sqlite:////var/lib/mlflow/studies.db or postgresql+psycopg://HOST:5432/optuna "
+                "(user and password from PGUSER/PGPASSWORD).",
+                envvar="MODELYARD_STUDY_DATABASE",
+            ),
+        ],
+        host: Annotated[str, typer.Option(help="Address to listen on.")] = "0.0.0.0",
+        port: Annotated[int, typer.Option(help="Port to listen on.", min=1, max=65535)] = 50051,
+    ) -> None:
+        """Serve a study storage to the pods of tuning steps (Optuna's gRPC storage proxy).
+
+        One process owns the database; the tuning step's pods use it at
+        grpc://HOST:PORT (MODELYARD_STUDY_STORAGE). The chart runs it beside the
+        registry, on the registry's volume or database server (docs/pipelines.md). It has
+        no authentication of its own: expose it only to the tuning pods (the chart's
+        NetworkPolicy admits the pods labelled modelyard.io/study-client).
+        """
+        import logging
+
+        from modelyard.pipelines.tune import serve_storage
+
+        if "://" not in url or url.startswith("grpc://"):
+            error_console.print(
+                f"[bold red]error:[/] --url {url!r}: give the database's SQLAlchemy URL "
+                "(sqlite:///PATH or postgresql+psycopg://HOST:PORT/DB), not the proxy's"
+            )
+            raise typer.Exit(2)
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+        serve_storage(url, host, port)
+
     @pipeline_app.command("render")
     def render_command(
         file: Annotated[Path, typer.Argument(help="Pipeline YAML file.")],

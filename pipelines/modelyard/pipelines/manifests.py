@@ -87,6 +87,9 @@ class RenderOptions:
     # Secret (and key) with the study storage URL of tuning steps.
     study_storage_secret: str | None = None
     study_storage_key: str = "url"
+    # Without a Secret: the study storage's address, e.g. the chart's proxy
+    # (grpc://<release>-modelyard-mlflow:50051).
+    study_storage_url: str | None = None
 
 
 def kubernetes_name(*parts: str, limit: int = 63) -> str:
@@ -220,6 +223,8 @@ def _orchestrator_env(spec: PipelineSpec, options: RenderOptions) -> list[dict[s
 
 def _study_storage_env(options: RenderOptions) -> list[dict[str, Any]]:
     if not options.study_storage_secret:
+        if options.study_storage_url:
+            return [{"name": c.PipelineEnv.STUDY_STORAGE, "value": options.study_storage_url}]
         return []
     ref = {"name": options.study_storage_secret, "key": options.study_storage_key}
     return [{"name": c.PipelineEnv.STUDY_STORAGE, "valueFrom": {"secretKeyRef": ref}}]

@@ -29,6 +29,7 @@ import random
 import socket
 import threading
 import time
+import urllib.parse
 import warnings
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal
@@ -158,8 +159,9 @@ class StudySettings(_Strict):
     pruner_startup_trials: int = Field(default=5, ge=0)
     storage: str | None = Field(
         default=None,
-        description="SQLAlchemy URL of the study storage (PostgreSQL); default "
-        "$MODELYARD_STUDY_STORAGE, else SQLite under the run's home (local runs only).",
+        description="The study storage: an SQLAlchemy URL (PostgreSQL) or grpc://HOST:PORT "
+        "(Optuna's storage proxy, the chart's default); default $MODELYARD_STUDY_STORAGE, "
+        "else SQLite under the run's home (local runs only).",
     )
     heartbeat_seconds: int = Field(default=5, ge=1)
     grace_seconds: int = Field(default=20, ge=2, description="A silent trial is then failed.")
@@ -190,9 +192,25 @@ def _storage_url(ctx: StepContext, study: StudySettings) -> str:
 
 
 def open_storage(url: str, study: StudySettings) -> Any:
+    """The study storage: ``grpc://HOST:PORT`` is Optuna's storage proxy (the chart's,
+    ``modelyard pipeline study-storage``); anything else an SQLAlchemy URL."""
     import optuna
     import sqlalchemy.exc
 
+    if url.startswith("grpc://"):
+        address = urllib.parse.urlsplit(url)
+        if not address.hostname or not address.port:
+            raise ValueError(f"study storage {url!r}: give grpc://HOST:PORT")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            proxy = optuna.storages.GrpcStorageProxy(host=address.hostname, port=address.port)
+        try:
+            proxy.wait_server_ready(timeout=study.setup_wait_seconds)
+        except ConnectionError:
+            raise ConnectionError(
+                f"the study storage at {url} did not answer in {study.setup_wait_seconds:g}s"
+            ) from None
+        return proxy
     for attempt in range(1, 6):
         try:
             with warnings.catch_warnings():
@@ -209,6 +227,18 @@ def open_storage(url: str, study: StudySettings) -> Any:
                 raise
             time.sleep(random.uniform(0.5, 2.0))
     raise AssertionError("unreachable")
+
+
+def serve_storage(url: str, host: str, port: int) -> None:
+    """Serve the study storage at ``url`` (SQLAlchemy) through Optuna's gRPC proxy, until
+    the process is stopped: one process owns the database, the trial pods share it."""
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = open_storage(url, StudySettings())
+        logger.info("study storage %s on %s:%d", redact_uri(url), host, port)
+        optuna.storages.run_grpc_proxy_server(storage, host=host, port=port)
 
 
 def suggest(trial: Any, space: dict[str, Param]) -> dict[str, Any]:
@@ -271,15 +301,31 @@ def cross_validate(
     return sum(scores) / len(scores)
 
 
+#: Trial system attribute: when its worker last said it lives (seconds since the epoch),
+#: for a storage without Optuna's own heartbeats (the gRPC storage proxy).
+_HEARTBEAT = "modelyard:heartbeat"
+
+
+def _has_heartbeats(storage: Any) -> bool:
+    """Optuna's RDB storage records heartbeats itself; its gRPC proxy does not."""
+    from optuna.storages._heartbeat import BaseHeartbeat
+
+    return isinstance(storage, BaseHeartbeat)
+
+
 @contextlib.contextmanager
 def _heartbeat(storage: Any, trial_id: int, interval: float) -> Iterator[None]:
     """Tell the storage this trial's worker lives, until the trial ends."""
     stop = threading.Event()
+    native = _has_heartbeats(storage)
 
     def beat() -> None:
         while True:
             with contextlib.suppress(Exception):  # a missed beat is retried next time
-                storage.record_heartbeat(trial_id)
+                if native:
+                    storage.record_heartbeat(trial_id)
+                else:
+                    storage.set_trial_system_attr(trial_id, _HEARTBEAT, time.time())
             if stop.wait(interval):
                 return
 
@@ -292,12 +338,26 @@ def _heartbeat(storage: Any, trial_id: int, interval: float) -> Iterator[None]:
         thread.join()
 
 
-def _fail_stale(study: Any) -> None:
+def _fail_stale(study: Any, storage: Any, settings: StudySettings) -> None:
+    """Fail the running trials whose worker stopped beating for ``grace_seconds``."""
     import optuna
+    from optuna.trial import TrialState
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
+    if _has_heartbeats(storage):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            optuna.storages.fail_stale_trials(study)
+        return
+    now = time.time()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        last = trial.system_attrs.get(_HEARTBEAT)
+        if last is None and trial.datetime_start is not None:
+            last = trial.datetime_start.timestamp()  # claimed, killed before its first beat
+        if last is None or now - float(last) < settings.grace_seconds:
+            continue
+        with contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError):
+            if storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
+                logger.warning("trial %d: no heartbeat for %.0fs, failed", trial.number, now - last)
 
 
 def _claim(study: Any, storage: Any, study_id: int) -> Any:
@@ -393,7 +453,7 @@ def tune_model(
     deadline = time.monotonic() + settings.timeout_seconds if settings.timeout_seconds else None
     ran = 0
     while deadline is None or time.monotonic() < deadline:
-        _fail_stale(loaded)
+        _fail_stale(loaded, storage, settings)
         claimed = _claim(loaded, storage, study_id)
         if claimed is None:
             break
@@ -406,7 +466,7 @@ def tune_model(
         logger.info(_progress(ctx, loaded, settings.trials))
     if worker != 0:
         return {"trials_run": ran}
-    finished = _finish(ctx, loaded, parent, data, base, settings, seed)
+    finished = _finish(ctx, loaded, storage, parent, data, base, settings, seed)
     return {**finished, "model_name": model_name, "trials_run": ran}
 
 
@@ -533,6 +593,7 @@ def _run_trial(
 def _finish(
     ctx: StepContext,
     study: Any,
+    storage: Any,
     parent: TrackedRun | str,
     data: TrainingData,
     base: EstimatorSettings,
@@ -546,7 +607,7 @@ def _finish(
     # A trial whose worker died stays RUNNING until its heartbeat is stale.
     limit = time.monotonic() + settings.grace_seconds * 4 + (settings.timeout_seconds or 3600)
     while _counts(study).get("RUNNING", 0) and time.monotonic() < limit:
-        _fail_stale(study)
+        _fail_stale(study, storage, settings)
         time.sleep(settings.heartbeat_seconds)
     counts = _counts(study)
     logger.info(_progress(ctx, study, settings.trials))

@@ -16,7 +16,13 @@ from mlflow import MlflowClient
 from tests.support.kube import KubeletStandIn
 from tests.support.models import register_sklearn_model, small_frame
 from tests.support.operator import running_operator
-from tests.support.servers import free_port, start_mlflow_server, stop_process, wait_http
+from tests.support.servers import (
+    MLFLOW_START_S,
+    free_port,
+    start_mlflow_server,
+    stop_process,
+    wait_http,
+)
 
 RESOLVE_INTERVAL = 2.0
 
@@ -101,7 +107,7 @@ class PrivateMlflow:
     def start(self) -> None:
         """Back after a stop: the same port and store, so the same registry."""
         self.proc, log = start_mlflow_server(self.root, self.port)
-        wait_http(f"{self.url}/health", 240, self.proc, log)
+        wait_http(f"{self.url}/health", MLFLOW_START_S, self.proc, log)
 
 
 @pytest.fixture
@@ -111,7 +117,7 @@ def private_mlflow(tmp_path: Any) -> Iterator[PrivateMlflow]:
     proc, log = start_mlflow_server(root, port)
     server = PrivateMlflow(url=f"http://127.0.0.1:{port}", proc=proc, root=root, port=port)
     try:
-        wait_http(f"{server.url}/health", 240, proc, log)
+        wait_http(f"{server.url}/health", MLFLOW_START_S, proc, log)
         yield server
     finally:
         stop_process(server.proc)

@@ -27,7 +27,7 @@ from modelyard.operator.webhooks import signature
 from tests.support.kube import ModelDeployments, condition, wait_for
 from tests.support.models import register_sklearn_model
 from tests.support.operator import running_operator
-from tests.support.servers import free_port, start_mlflow_server, stop_process, wait_http
+from tests.support.servers import free_port, running_mlflow_server
 
 pytestmark = pytest.mark.integration
 
@@ -43,26 +43,16 @@ def webhook_mlflow(tmp_path: Path) -> Iterator[str]:
     """A registry of this test's own that delivers webhooks to an operator on this
     host: http:// and a private address allowed, its webhook list re-read every second
     (MLflow caches it for 60 s by default), a fixed key for the stored secrets."""
-    port = free_port()
-    root = tmp_path / "mlflow"
-    proc, log = start_mlflow_server(
-        root,
-        port,
+    with running_mlflow_server(
+        tmp_path / "mlflow",
         env={
             "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
             "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
             "MLFLOW_WEBHOOK_CACHE_TTL": "1",
             "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode(),
         },
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(
-            f"{url}/health", float(os.environ.get("MODELYARD_MLFLOW_START_S", "240")), proc, log
-        )
-        yield url
-    finally:
-        stop_process(proc)
+    ) as server:
+        yield server.url
 
 
 def post(url: str, payload: dict[str, Any], secret: str) -> httpx.Response:

@@ -6,7 +6,6 @@ PostgreSQL round-trips through pg_dump and pg_restore."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,11 +18,9 @@ from modelyard.core.contracts import RegistryUsers
 from tests.integration.pipelines.test_registry_migrate import new_database, registry_at
 from tests.security.conftest import PASSWORDS
 from tests.support.models import mlflow_uri, register_sklearn_model, registry_login
-from tests.support.servers import VENV_BIN, free_port, start_mlflow_server, stop_process, wait_http
+from tests.support.servers import VENV_BIN, running_mlflow_server
 
 pytestmark = pytest.mark.integration
-
-START_S = float(os.environ.get("MODELYARD_MLFLOW_START_S", "240"))
 
 
 def modelyard(*args: str) -> subprocess.CompletedProcess[str]:
@@ -48,11 +45,9 @@ def test_a_registry_with_users_comes_back_whole_from_its_backup(tmp_path: Path) 
     from mlflow import MlflowClient
     from mlflow.pyfunc import load_model
 
-    root, port = tmp_path / "registry", free_port()
-    proc, log = start_mlflow_server(root, port, auth=PASSWORDS)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/health", START_S, proc, log)
+    root = tmp_path / "registry"
+    with running_mlflow_server(root, auth=PASSWORDS) as server:
+        url = server.url
         with registry_login(RegistryUsers.ADMIN, PASSWORDS[RegistryUsers.ADMIN]):
             model = register_sklearn_model(url, alias="champion")
             MlflowClient(url).set_model_version_tag(model.name, model.version, "reviewed", "yes")
@@ -66,8 +61,6 @@ def test_a_registry_with_users_comes_back_whole_from_its_backup(tmp_path: Path) 
             "--to", str(tmp_path / "backups"),
         )  # fmt: skip
         assert made.returncode == 0, made.stderr
-    finally:
-        stop_process(proc)
     (backup,) = (tmp_path / "backups").iterdir()
     manifest = json.loads((backup / "backup.json").read_text())
     assert manifest["tracking"] == "tracking.db" and manifest["auth"] == "auth.db"
@@ -93,11 +86,8 @@ def test_a_registry_with_users_comes_back_whole_from_its_backup(tmp_path: Path) 
     assert again.returncode == 1
     assert "pass --replace to overwrite it" in again.stderr
 
-    port = free_port()
-    proc, log = start_mlflow_server(new_root, port, auth=PASSWORDS)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/health", START_S, proc, log)
+    with running_mlflow_server(new_root, auth=PASSWORDS) as server:
+        url = server.url
         # The users came back: the server's user reads, a wrong password does not.
         with (
             registry_login(RegistryUsers.SERVER, PASSWORDS[RegistryUsers.SERVER]),
@@ -111,8 +101,6 @@ def test_a_registry_with_users_comes_back_whole_from_its_backup(tmp_path: Path) 
             pytest.raises(Exception, match="401|Unauthorized|credentials"),
         ):
             what_the_registry_knows(url, model.name)
-    finally:
-        stop_process(proc)
 
 
 def model_input_frame() -> Any:

@@ -13,7 +13,7 @@ from typing import Any
 
 import sqlalchemy
 
-from tests.support.servers import VENV_BIN, free_port, start_mlflow_server, stop_process, wait_http
+from tests.support.servers import VENV_BIN, running_mlflow_server
 
 #: An MLflow 3.x schema (webhooks added), well before this MLflow's head.
 OLD_REVISION = "1a0cddfcaa16"
@@ -108,16 +108,11 @@ def test_an_old_sqlite_registry_is_backed_up_migrated_and_served(tmp_path: Path)
     assert f"schema {head()}: current, nothing to migrate" in again.stdout
     assert len(list((root / "backups").iterdir())) == 1
     # A real server starts on the migrated registry and still knows the model.
-    port = free_port()
-    proc, log = start_mlflow_server(root, port)
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health", 120, proc, log)
+    with running_mlflow_server(root) as server:
         from mlflow import MlflowClient
 
-        client = MlflowClient(tracking_uri=f"http://127.0.0.1:{port}")
+        client = MlflowClient(tracking_uri=server.url)
         assert [m.name for m in client.search_registered_models()] == ["churn"]
-    finally:
-        stop_process(proc)
 
 
 def test_a_new_registry_is_left_to_mlflow(tmp_path: Path) -> None:

@@ -1,7 +1,11 @@
 """A tuning step as it runs in the cluster, on this machine: three workers share one Optuna
-study in a real PostgreSQL, log to a real `mlflow server`, and one worker is SIGKILLed in
-the middle of a trial. The study still ends with exactly its budget of trials, the killed
-one failed and no other, and the best model is registered with the study in its lineage."""
+study, log to a real `mlflow server`, and one worker is SIGKILLed in the middle of a
+trial. The study still ends with exactly its budget of trials, the killed one failed and
+no other, and the best model is registered with the study in its lineage.
+
+The study is kept where the chart keeps it: in a real PostgreSQL (pipelines.tuning.storage
+with your database), or behind the chart's default, Optuna's gRPC storage proxy
+(`modelyard pipeline study-storage`) on an SQLite file, as beside the registry."""
 
 from __future__ import annotations
 
@@ -10,8 +14,9 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import optuna
 import pytest
@@ -24,14 +29,21 @@ from tests.integration.pipelines.test_sample_pipelines import (
     SAMPLES,
     _clean_env,
 )
+from tests.support.servers import free_port
 
 if TYPE_CHECKING:
     from tests.support.postgres import Postgres
     from tests.support.servers import MlflowServer
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(1200)]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.timeout(1200),
+    pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
+]
 
-BUDGET = 30
+#: Trials per study: the issue's 30 in PostgreSQL; fewer behind the proxy, whose test is
+#: about the same kill through another storage (the CI's time is shared by all tests).
+BUDGET = {"postgresql": 30, "proxy": 16}
 STUDY = f"churn-tuned.tune.{RUN_DATE}"
 
 
@@ -48,7 +60,32 @@ def _descends_from(pid: int, ancestor: int) -> bool:
     return False
 
 
-def _running_trial(storage: str, run: subprocess.Popen[str]) -> tuple[int, int]:
+@pytest.fixture(params=["postgresql", "proxy"])
+def study_storage(
+    request: pytest.FixtureRequest, postgres: Postgres, tmp_path: Path
+) -> Iterator[tuple[str, str, Any]]:
+    """(kind, MODELYARD_STUDY_STORAGE for the workers, the storage for the test to read)."""
+    if request.param == "postgresql":
+        yield request.param, postgres.url, postgres.url
+        return
+    port = free_port()
+    proxy = subprocess.Popen(
+        [MODELYARD, "pipeline", "study-storage", "--url", f"sqlite:///{tmp_path / 'studies.db'}",
+         "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        reader = optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=port)
+        reader.wait_server_ready(timeout=60)
+        yield request.param, f"grpc://127.0.0.1:{port}", reader
+        assert proxy.poll() is None, "the study storage stopped during the run"
+    finally:
+        proxy.terminate()
+        out, _ = proxy.communicate(timeout=30)
+        print(out[-3000:])
+
+
+def _running_trial(storage: Any, run: subprocess.Popen[str]) -> tuple[int, int]:
     """Wait for a trial in the middle of the study that is running: (number, worker pid)."""
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
@@ -67,8 +104,10 @@ def _running_trial(storage: str, run: subprocess.Popen[str]) -> tuple[int, int]:
 
 
 def test_three_workers_one_killed_the_study_completes_and_the_best_is_registered(
-    postgres: Postgres, mlflow_server: MlflowServer, tmp_path: Path
+    study_storage: tuple[str, str, Any], mlflow_server: MlflowServer, tmp_path: Path
 ) -> None:
+    kind, url, storage = study_storage
+    model, budget = f"churn-tuned-kill-{kind}", BUDGET[kind]
     summary = tmp_path / "summary.json"
     run = subprocess.Popen(
         [MODELYARD, "pipeline", "run", str(SAMPLES / "churn-tuned.yaml"), "--date", RUN_DATE,
@@ -76,16 +115,16 @@ def test_three_workers_one_killed_the_study_completes_and_the_best_is_registered
         cwd=tmp_path,
         env=_clean_env(
             MLFLOW_TRACKING_URI=mlflow_server.url,
-            MODELYARD_STUDY_STORAGE=postgres.url,
-            MODELYARD_MODEL_NAME="churn-tuned-kill",
-            MODELYARD_TUNING_TRIALS=str(BUDGET),
+            MODELYARD_STUDY_STORAGE=url,
+            MODELYARD_MODEL_NAME=model,
+            MODELYARD_TUNING_TRIALS=str(budget),
         ),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )  # fmt: skip
     try:
-        killed, pid = _running_trial(postgres.url, run)
+        killed, pid = _running_trial(storage, run)
         os.kill(pid, signal.SIGKILL)
         output, _ = run.communicate(timeout=1100)
     finally:
@@ -93,22 +132,23 @@ def test_three_workers_one_killed_the_study_completes_and_the_best_is_registered
             run.kill()
     assert run.returncode == 0, output[-6000:]
 
-    study = optuna.load_study(study_name=STUDY, storage=postgres.url)
+    study = optuna.load_study(study_name=STUDY, storage=storage)
     trials = study.get_trials(deepcopy=False)
-    assert len(trials) == BUDGET
+    assert len(trials) == budget
     states = {t.number: t.state for t in trials}
     assert states[killed] is TrialState.FAIL
     assert [n for n, s in states.items() if s is TrialState.FAIL] == [killed]
     assert all(
         s in {TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL} for s in states.values()
     )
-    assert any(s is TrialState.PRUNED for s in states.values())  # pruning stopped bad trials
+    if kind == "postgresql":  # with the full budget, pruning has stopped bad trials
+        assert any(s is TrialState.PRUNED for s in states.values())
     # The killed worker was tried again (Kubernetes retries the index in the cluster).
     tune = json.loads(summary.read_text())["steps"]["tune"]
     assert tune["status"] == "succeeded" and tune["attempts"] == 2
 
     client = MlflowClient(mlflow_server.url)
-    version = client.get_model_version_by_alias("churn-tuned-kill", "champion")
+    version = client.get_model_version_by_alias(model, "champion")
     best = study.best_trial
     assert version.tags["modelyard.study"] == STUDY
     assert version.tags["modelyard.trial"] == str(best.number)
@@ -126,7 +166,7 @@ def test_three_workers_one_killed_the_study_completes_and_the_best_is_registered
         filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
         max_results=100,
     )
-    assert len(children) == BUDGET
+    assert len(children) == budget
     by_trial = {int(r.data.tags["modelyard.trial"]): r for r in children}
     assert by_trial[killed].info.status == "FAILED"
     assert by_trial[killed].data.tags["modelyard.trial_state"] == "FAIL"

@@ -28,6 +28,7 @@ import pytest
 from modelyard.serving.model_cache import MANIFEST, ModelCache, registry_key
 from tests.support.models import mlflow_uri, register_sklearn_model, small_frame
 from tests.support.servers import (
+    MLFLOW_START_S,
     VENV_BIN,
     ServerProcess,
     free_port,
@@ -68,9 +69,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
     proc, log = start_mlflow_server(root, port)
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(
-            f"{url}/health", float(os.environ.get("MODELYARD_MLFLOW_START_S", "240")), proc, log
-        )
+        wait_http(f"{url}/health", MLFLOW_START_S, proc, log)
         rng = np.random.default_rng(7)
         train = pd.DataFrame(rng.normal(size=(300, len(FEATURES))), columns=FEATURES)
         name = f"cached-{uuid.uuid4().hex[:6]}"

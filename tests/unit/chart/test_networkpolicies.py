@@ -18,9 +18,18 @@ def policies(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def test_mlflow_admits_only_registry_clients(default_objects: list[dict[str, Any]]) -> None:
     mlflow = policies(default_objects)["my-modelyard-mlflow"]
     assert mlflow["policyTypes"] == ["Ingress"]
-    [rule] = mlflow["ingress"]
+    rule, studies = mlflow["ingress"]
     assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
     assert rule["from"] == [{"namespaceSelector": {}, "podSelector": {"matchLabels": CLIENT}}]
+    # The study storage beside MLflow: only tuning pods of the release's own namespace.
+    assert studies == {
+        "ports": [{"port": "studies", "protocol": "TCP"}],
+        "from": [{"podSelector": {"matchLabels": {"modelyard.io/study-client": "true"}}}],
+    }
+    own_database = policies(render("--set", "pipelines.tuning.storage.existingSecret=optuna-url"))[
+        "my-modelyard-mlflow"
+    ]
+    assert [r["ports"][0]["port"] for r in own_database["ingress"]] == ["http"]
     ui = {"namespaceSelector": {"matchLabels": {"name": "ingress"}}}
     widened = policies(
         render("--set-json", f"networkPolicy.mlflowIngress=[{ui}]".replace("'", '"'))

@@ -39,6 +39,8 @@ def _rendered(path: Any, **options: Any) -> dict[str, Any]:
         "registry_credentials": f"{RELEASE}-modelyard-registry-credentials",
         "service_account": f"{RELEASE}-modelyard-pipelines",
         "steps_on_node": True,
+        # The chart's study storage, beside MLflow (pipelines.tuning.storage.proxy).
+        "study_storage_url": f"grpc://{RELEASE}-modelyard-mlflow:50051",
     }
     return build_cronjob(pipeline.spec, RenderOptions(**{**defaults, **options}))
 

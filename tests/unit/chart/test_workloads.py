@@ -25,10 +25,13 @@ MLFLOW = "my-modelyard-mlflow"
 MLFLOW_URL = "http://my-modelyard-mlflow.ml.svc:5000"
 
 
-def container(obj: dict[str, Any]) -> dict[str, Any]:
+def container(obj: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    """The workload's own container (the first), or the one named ``name``."""
     containers = pod_spec(obj)["containers"]
-    assert len(containers) == 1
-    return dict(containers[0])
+    if name is None:
+        return dict(containers[0])
+    [found] = [c for c in containers if c["name"] == name]
+    return dict(found)
 
 
 def args_of(obj: dict[str, Any]) -> dict[str, str]:
@@ -189,6 +192,50 @@ def test_mlflow_postgres_and_s3_credentials_only_from_secrets() -> None:
     assert find(objects, "PersistentVolumeClaim", MLFLOW) == []
     assert all(v["name"] != "data" for v in pod_spec(deployment)["volumes"])
     assert find(objects, "Secret") == []
+
+
+def test_the_study_storage_runs_beside_mlflow_where_the_registry_keeps_its_data(
+    default_objects: list[dict[str, Any]],
+) -> None:
+    """pipelines.tuning.storage.proxy: Optuna's gRPC proxy in MLflow's pod, on its claim
+    (SQLite) or on the registry's PostgreSQL server; the pipelines get its address. With
+    your own database (existingSecret) there is no proxy and the URL comes from it."""
+    deployment = one(default_objects, "Deployment", MLFLOW)
+    proxy = container(deployment, "study-storage")
+    assert proxy["command"] == ["modelyard", "pipeline", "study-storage"]
+    assert proxy["args"] == ["--url=sqlite:////var/lib/mlflow/studies.db", "--port=50051"]
+    assert {"name": "data", "mountPath": "/var/lib/mlflow"} in proxy["volumeMounts"]
+    assert "readinessProbe" not in proxy  # the registry's readiness does not wait for it
+    ports = one(default_objects, "Service", MLFLOW)["spec"]["ports"]
+    assert {"name": "studies", "port": 50051, "targetPort": "studies", "protocol": "TCP"} in ports
+    pipelines = [
+        c
+        for c in find(default_objects, "CronJob")
+        if "modelyard.io/pipeline" in c["metadata"]["labels"]
+    ]
+    assert pipelines
+    for cronjob in pipelines:
+        env = env_of(container(cronjob))
+        assert env["MODELYARD_STUDY_STORAGE"] == f"grpc://{MLFLOW}:50051"
+
+    on_postgres = render("--values", str(CHART / "ci" / "external-postgres-s3-values.yaml"))
+    proxy = container(one(on_postgres, "Deployment", MLFLOW), "study-storage")
+    assert proxy["args"][0] == "--url=postgresql+psycopg://postgres.databases.svc:5432/optuna"
+    assert env_of(proxy)["PGPASSWORD"] == {
+        "secretKeyRef": {"name": "mlflow-postgres", "key": "password"}
+    }
+    assert "volumeMounts" not in proxy or all(m["name"] != "data" for m in proxy["volumeMounts"])
+
+    own = render("--set", "pipelines.tuning.storage.existingSecret=optuna-url")
+    names = [c["name"] for c in pod_spec(one(own, "Deployment", MLFLOW))["containers"]]
+    assert names == ["mlflow"]
+    assert [p["name"] for p in one(own, "Service", MLFLOW)["spec"]["ports"]] == ["http"]
+    [cronjob, *_] = [
+        c for c in find(own, "CronJob") if "modelyard.io/pipeline" in c["metadata"]["labels"]
+    ]
+    assert env_of(container(cronjob))["MODELYARD_STUDY_STORAGE"] == {
+        "secretKeyRef": {"name": "optuna-url", "key": "url"}
+    }
 
 
 def test_highly_available_registry_and_model_cache() -> None:
