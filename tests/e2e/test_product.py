@@ -896,10 +896,14 @@ def test_helm_uninstall_keeps_the_registry_and_cleans_up_the_rest(
     # The data outlives the release (docs/install.md): the registry's and the lake's
     # claims, and the registry users' passwords, which the operator generated
     # (docs/security.md): a reinstall signs in to the kept users' database with them.
+    # The webhook's Secret is the user's own (tests/e2e/conftest.py), not the chart's.
+    from tests.e2e.conftest import WEBHOOK_SECRET
+
     kept = [
         f"persistentvolumeclaim/{RELEASE}-modelyard-lake",
         f"persistentvolumeclaim/{RELEASE}-modelyard-mlflow",
         f"secret/{RELEASE}-modelyard-registry-credentials",
+        f"secret/{WEBHOOK_SECRET}",
     ]
     # The pods of the deleted Deployments go with garbage collection, a moment later.
     wait_for("the release's pods to go", lambda: left() == kept, timeout=180, interval=2)
