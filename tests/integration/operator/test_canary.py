@@ -194,7 +194,11 @@ def test_a_shadow_follows_its_alias_and_shows_its_comparison(
     )
     assert md["status"]["shadow"] == {"version": 2, "reference": "alias challenger", "percent": 20}
     assert k8s.env("churn-shadow")["MODELYARD_MODEL_URI"] == f"models:/{model.name}/2"
-    compare = k8s.batch.read_namespaced_cron_job("churn-shadow-compare", k8s.ns)
+    # The comparison CronJob follows once version 1 is live: it compares against the live one.
+    compare = wait_for(
+        "the shadow's comparison CronJob",
+        lambda: k8s.batch.read_namespaced_cron_job("churn-shadow-compare", k8s.ns),
+    )
     args = compare.spec.job_template.spec.template.spec.containers[0].args
     assert args[args.index("--shadow") + 1] == "2"
 
