@@ -612,7 +612,7 @@ def main() -> None:
     parser.add_argument(
         "--workers",
         type=int,
-        help="MODELYARD_RECONCILE_WORKERS of the operator (default: the operator's own, 4).",
+        help="MODELYARD_RECONCILE_WORKERS of the operator (default: the operator's own, 8).",
     )
     parser.add_argument(
         "--timeout",

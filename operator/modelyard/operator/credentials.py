@@ -18,12 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from modelyard.core import contracts as c
 from modelyard.core import pods
 from modelyard.core.registry import Credentials
+from modelyard.operator.rest import Rest
 
 logger = logging.getLogger(__name__)
 Users = c.RegistryUsers
@@ -66,27 +66,22 @@ def new_secret_data() -> dict[str, str]:
     return data
 
 
-def ensure_accounts(
-    core: client.CoreV1Api, namespace: str, name: str, *, create: bool, timeout: float
-) -> RegistryAccounts:
+def ensure_accounts(rest: Rest, namespace: str, name: str, *, create: bool) -> RegistryAccounts:
     """Read the accounts Secret, creating it first when missing and ``create``."""
-
-    def decode(secret: Any) -> dict[str, str]:
-        return {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
-
     try:
-        return RegistryAccounts.from_secret_data(
-            decode(core.read_namespaced_secret(name, namespace, _request_timeout=timeout))
-        )
+        secret = rest.get("v1", "Secret", namespace, name)
     except ApiException as error:
-        if error.status != 404:
-            raise CredentialsUnavailable(
-                f"cannot read Secret {namespace}/{name} (HTTP {error.status})"
-            ) from None
-        if not create:
-            raise CredentialsUnavailable(
-                f"Secret {namespace}/{name} with the registry users' passwords does not exist"
-            ) from None
+        raise CredentialsUnavailable(
+            f"cannot read Secret {namespace}/{name} (HTTP {error.status})"
+        ) from None
+    if secret is not None:
+        return RegistryAccounts.from_secret_data(
+            {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
+        )
+    if not create:
+        raise CredentialsUnavailable(
+            f"Secret {namespace}/{name} with the registry users' passwords does not exist"
+        )
     body: Any = {
         "apiVersion": "v1",
         "kind": "Secret",
@@ -99,14 +94,14 @@ def ensure_accounts(
         "stringData": new_secret_data(),
     }
     try:
-        core.create_namespaced_secret(namespace, body, _request_timeout=timeout)
+        rest.create(body)
         logger.info("created Secret %s/%s with the registry users' passwords", namespace, name)
     except ApiException as error:
         if error.status != 409:  # 409: another replica created it first; read theirs
             raise CredentialsUnavailable(
                 f"cannot create Secret {namespace}/{name} (HTTP {error.status})"
             ) from None
-    return ensure_accounts(core, namespace, name, create=False, timeout=timeout)
+    return ensure_accounts(rest, namespace, name, create=False)
 
 
 def build_credentials_secret(

@@ -13,7 +13,6 @@ Run with ``modelyard operator``, or in tests with
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from collections.abc import Mapping
@@ -31,7 +30,7 @@ from modelyard.operator.canary import CANARY_SUFFIX, rollout_command
 from modelyard.operator.children import SERVER_APP
 from modelyard.operator.crds import ensure_crds
 from modelyard.operator.credentials import ensure_accounts
-from modelyard.operator.events import post_event
+from modelyard.operator.events import EventQueue
 from modelyard.operator.leftovers import LeftoverTags, LeftTags, Sweeper
 from modelyard.operator.metrics import OperatorMetrics
 from modelyard.operator.reconcile import (
@@ -50,6 +49,7 @@ from modelyard.operator.resource import (
     PLURAL,
     VERSION,
 )
+from modelyard.operator.rest import Rest
 from modelyard.operator.scheduler import Scheduler
 from modelyard.operator.settings import OperatorSettings
 from modelyard.operator.webhooks import WebhookReceiver
@@ -72,6 +72,20 @@ def _kube_api_client() -> client.ApiClient:
     return client.ApiClient()
 
 
+class CurrentDiffBase(kopf.DiffBaseStorage):
+    """No diff base kept on the objects: the operator has no creation or update handler
+    (every change goes through its watch cache and work queue), so kopf needs none. Kopf's
+    annotation cost one more patch of each new ModelDeployment (and a copy of its spec on
+    it); with the object itself as its own base, kopf sees no change to handle, while
+    deletion (the finalizer and ``on_delete``) works as before."""
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return self.build(body=body)
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        return None
+
+
 @kopf.on.login()
 def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In a pod, the service account; elsewhere, $KUBECONFIG (read now, not at import)."""
@@ -87,9 +101,7 @@ def configure(
     # Our own names for what kopf keeps on the objects.
     settings.persistence.finalizer = f"{GROUP}/finalizer"
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
+    settings.persistence.diffbase_storage = CurrentDiffBase()
     # Silent watch streams are a known kopf failure: reconnect regularly.
     settings.watching.server_timeout = 120
     settings.watching.client_timeout = 150
@@ -114,18 +126,18 @@ def configure(
         namespace, name = ours.credentials_secret_ref
         # Raises until the Secret can be read (or created): kopf retries the start-up.
         accounts = ensure_accounts(
-            client.CoreV1Api(api_client),
+            Rest(api_client, ours.api_timeout),
             namespace,
             name,
             create=ours.registry_credentials_create,
-            timeout=ours.api_timeout,
         )
     # `modelyard operator` made the metrics (served while it stood by for the Lease).
     given: OperatorMetrics | None = memo.get("metrics")
+    events = memo.events = EventQueue(api_client, ours.api_timeout)
     op = Operator(
         settings=ours,
         api_client=api_client,
-        post_event=functools.partial(post_event, api_client),
+        post_event=events.post,
         accounts=accounts,
         metrics=given or OperatorMetrics(),
     )
@@ -186,6 +198,7 @@ def shut_down(*, memo: kopf.Memo, **_: Any) -> None:
     if memo.get("sweeper") is not None:
         memo.sweeper.stop()
     memo.queue.stop()
+    memo.events.close()
     memo.operator.close()
 
 
@@ -195,7 +208,7 @@ def _key(body: Mapping[str, Any]) -> Key:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def on_model_deployment(
+async def on_model_deployment(
     *, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
     """Keep the cache; queue the resource when its spec is new to the operator."""
@@ -240,45 +253,53 @@ def _on_child(kind: str, event: Mapping[str, Any], body: kopf.Body, memo: kopf.M
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED_BY)
-def on_deployment(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def on_deployment(
+    *, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
     _on_child("Deployment", event, body, memo)
 
 
 @kopf.on.event("v1", "services", labels=MANAGED_BY)
-def on_service(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def on_service(
+    *, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
     _on_child("Service", event, body, memo)
 
 
 @kopf.on.event("v1", "configmaps", labels=MANAGED_BY)
-def on_config_map(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def on_config_map(
+    *, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
     """The routers' configurations (``<name>-router``)."""
     _on_child("ConfigMap", event, body, memo)
 
 
 @kopf.on.event("autoscaling", "v2", "horizontalpodautoscalers", labels=MANAGED_BY)
-def on_hpa(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def on_hpa(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     _on_child("HorizontalPodAutoscaler", event, body, memo)
 
 
 @kopf.on.event("policy", "v1", "poddisruptionbudgets", labels=MANAGED_BY)
-def on_pdb(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def on_pdb(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     _on_child("PodDisruptionBudget", event, body, memo)
 
 
 @kopf.on.event("batch", "v1", "cronjobs", labels=MANAGED_BY)
-def on_cronjob(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def on_cronjob(
+    *, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
     _on_child("CronJob", event, body, memo)
 
 
 @kopf.on.event("networking.k8s.io", "v1", "networkpolicies", labels=MANAGED_BY)
-def on_network_policy(
+async def on_network_policy(
     *, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any
 ) -> None:
     _on_child("NetworkPolicy", event, body, memo)
 
 
 @kopf.on.event("v1", "pods", labels=MANAGED_BY)
-def on_pod(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def on_pod(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     """Server pods: a crashing candidate fails its rollout without waiting for the
     Deployment's progress deadline."""
     op: Operator = memo.operator
@@ -298,7 +319,9 @@ def on_pod(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: A
 
 
 @kopf.on.event("v1", "namespaces")
-def on_namespace(*, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def on_namespace(
+    *, event: Mapping[str, Any], body: kopf.Body, memo: kopf.Memo, **_: Any
+) -> None:
     """A namespace's approval label changes the policy of every ModelDeployment in it."""
     op: Operator = memo.operator
     name = str(body.get("metadata", {}).get("name"))

@@ -11,25 +11,21 @@ a hand edit is undone within the resync period).
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import threading
 from collections.abc import Mapping
 from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
-from kubernetes.dynamic import DynamicClient
-from kubernetes.dynamic.exceptions import ConflictError, DynamicApiError, NotFoundError
-from kubernetes.dynamic.resource import Resource
 
 from modelyard.operator.metrics import OperatorMetrics
-from modelyard.operator.store import ObjectStore
+from modelyard.operator.rest import Rest
+from modelyard.operator.store import OWN_FIELD_MANAGER, ObjectStore
 
-FIELD_MANAGER = "modelyard-operator"
+FIELD_MANAGER = OWN_FIELD_MANAGER
 #: Holds a Deployment's replica count while it passes from our apply to an HPA.
-HANDOVER_MANAGER = "modelyard-operator-handover"
+HANDOVER_MANAGER = f"{OWN_FIELD_MANAGER}-handover"
 APPLIED_HASH = "modelyard.io/applied-hash"
 
 
@@ -80,7 +76,8 @@ def replicas_handover(manifest: Mapping[str, Any], seen: Mapping[str, Any] | Non
 
 
 class Kube:
-    """The operator's writes to children, through the dynamic client, with timeouts."""
+    """The operator's writes to children, as plain JSON (:mod:`~modelyard.operator.rest`),
+    with timeouts."""
 
     def __init__(
         self,
@@ -93,33 +90,14 @@ class Kube:
         self.store = store
         self.timeout = timeout
         self.metrics = metrics or OperatorMetrics()
-        self._dynamic: DynamicClient | None = None
-        self._resources: dict[tuple[str, str], Resource] = {}
-        self._lock = threading.Lock()
+        self.rest = Rest(api_client, timeout)
         #: Requests made, by verb (read by tests and the operator's metrics).
         self.calls: dict[str, int] = {"apply": 0, "delete": 0, "get": 0, "create": 0}
-
-    def resource(self, api_version: str, kind: str) -> Resource:
-        with self._lock:
-            if self._dynamic is None:
-                self._dynamic = DynamicClient(self.api_client)
-            key = (api_version, kind)
-            if key not in self._resources:
-                self._resources[key] = self._dynamic.resources.get(
-                    api_version=api_version, kind=kind
-                )
-            return self._resources[key]
 
     def get(self, api_version: str, kind: str, name: str, namespace: str) -> dict[str, Any] | None:
         """Read an object that is not one of our children (those are in the store)."""
         self.calls["get"] += 1
-        try:
-            obj = self.resource(api_version, kind).get(
-                name=name, namespace=namespace, _request_timeout=self.timeout
-            )
-        except NotFoundError:
-            return None
-        return dict(obj.to_dict())
+        return self.rest.get(api_version, kind, namespace, name)
 
     def apply_owned(
         self, manifest: dict[str, Any], owner: Mapping[str, Any], *, force: bool = False
@@ -178,30 +156,20 @@ class Kube:
         self.calls["apply"] += 1
         self.metrics.api_writes.labels("apply").inc()
         try:
-            applied = self.resource(manifest["apiVersion"], kind).server_side_apply(
-                body=manifest,
-                namespace=manifest["metadata"]["namespace"],
-                field_manager=manager,
-                force_conflicts=True,
-                _request_timeout=self.timeout,
-            )
-        except DynamicApiError as error:
-            raise ApplyFailed(kind, name, int(error.status or 0), _api_message(error)) from None
+            return self.rest.apply(manifest, manager)
         except ApiException as error:
             raise ApplyFailed(kind, name, int(error.status or 0), _api_message(error)) from None
-        return dict(applied.to_dict())
 
     def create(self, manifest: dict[str, Any]) -> bool:
         """Create ``manifest``; False when an object of that name exists already."""
-        meta = manifest["metadata"]
         self.calls["create"] += 1
         self.metrics.api_writes.labels("create").inc()
         try:
-            self.resource(manifest["apiVersion"], manifest["kind"]).create(
-                body=manifest, namespace=meta["namespace"], _request_timeout=self.timeout
-            )
-        except ConflictError:
-            return False
+            self.rest.create(manifest)
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            raise
         return True
 
     def delete_owned(
@@ -213,10 +181,7 @@ class Kube:
             return False
         self.calls["delete"] += 1
         self.metrics.api_writes.labels("delete").inc()
-        with contextlib.suppress(NotFoundError):
-            self.resource(api_version, kind).delete(
-                name=name, namespace=namespace, _request_timeout=self.timeout
-            )
+        self.rest.delete(api_version, kind, namespace, name)
         self.store.remove(kind, namespace, name)
         return True
 

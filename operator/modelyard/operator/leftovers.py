@@ -29,6 +29,7 @@ from modelyard.core import contracts as c
 from modelyard.core.redaction import redact_uri
 from modelyard.operator.reconcile import Operator, VersionTag, remove_tags
 from modelyard.operator.resolve import RegistryTarget
+from modelyard.operator.rest import Rest
 from modelyard.operator.scheduler import Periodic
 
 logger = logging.getLogger(__name__)
@@ -150,26 +151,19 @@ class LeftoverTags:
     resourceVersion read, tried again on a conflict."""
 
     def __init__(self, api_client: client.ApiClient, namespace: str, name: str, timeout: float):
-        self.core = client.CoreV1Api(api_client)
+        self.rest = Rest(api_client, timeout)
         self.namespace, self.name, self.timeout = namespace, name, timeout
 
     @property
     def ref(self) -> str:
         return f"{self.namespace}/{self.name}"
 
-    def _read(self) -> client.V1ConfigMap | None:
-        try:
-            return self.core.read_namespaced_config_map(
-                self.name, self.namespace, _request_timeout=self.timeout
-            )
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
+    def _read(self) -> dict[str, Any] | None:
+        return self.rest.get("v1", "ConfigMap", self.namespace, self.name)
 
     def entries(self) -> dict[str, list[LeftTags]]:
         found = self._read()
-        data = (found.data or {}) if found is not None else {}
+        data = (found.get("data") or {}) if found is not None else {}
         return {key: parse_records(value) for key, value in sorted(data.items())}
 
     def update(self, change: Callable[[Mapping[str, str]], dict[str, str]]) -> None:
@@ -177,33 +171,32 @@ class LeftoverTags:
             if attempt:
                 time.sleep(random.uniform(0, WRITE_BACKOFF * attempt))
             found = self._read()
-            before = dict((found.data or {}) if found is not None else {})
+            before = dict((found.get("data") or {}) if found is not None else {})
             after = change(before)
             if after == before:
                 return
             try:
                 if found is None:
-                    body = client.V1ConfigMap(
-                        metadata=client.V1ObjectMeta(
-                            name=self.name,
-                            namespace=self.namespace,
-                            labels={c.LABEL_PART_OF: c.PART_OF},
-                        ),
-                        data=after,
-                    )
-                    self.core.create_namespaced_config_map(
-                        self.namespace, body, _request_timeout=self.timeout
+                    self.rest.create(
+                        {
+                            "apiVersion": "v1",
+                            "kind": "ConfigMap",
+                            "metadata": {
+                                "name": self.name,
+                                "namespace": self.namespace,
+                                "labels": {c.LABEL_PART_OF: c.PART_OF},
+                            },
+                            "data": after,
+                        }
                     )
                 else:
                     # The resourceVersion read makes the patch fail (409) if it changed.
                     changes = {k: after.get(k) for k in before.keys() | after.keys()}
                     patch = {
-                        "metadata": {"resourceVersion": _version(found)},
+                        "metadata": {"resourceVersion": found["metadata"]["resourceVersion"]},
                         "data": {k: v for k, v in changes.items() if before.get(k) != v},
                     }
-                    self.core.patch_namespaced_config_map(
-                        self.name, self.namespace, patch, _request_timeout=self.timeout
-                    )
+                    self.rest.merge_patch("v1", "ConfigMap", self.namespace, self.name, patch)
                 return
             except ApiException as error:
                 if error.status != 409:  # 409: written (or created) since it was read
@@ -217,10 +210,6 @@ class LeftoverTags:
 
     def forget(self, key: str, done: list[LeftTags]) -> None:
         self.update(lambda data: without_records(data, key, done))
-
-
-def _version(found: client.V1ConfigMap) -> str | None:
-    return found.metadata.resource_version if found.metadata is not None else None
 
 
 class Sweeper(Periodic):

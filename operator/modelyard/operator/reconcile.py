@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, cast
+from typing import Any, NamedTuple
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
@@ -58,6 +58,7 @@ from modelyard.operator.resource import (
     ModelDeploymentSpec,
     SpecError,
 )
+from modelyard.operator.rest import Rest
 from modelyard.operator.router import ROUTER_APP, ROUTER_SUFFIX, served_weight
 from modelyard.operator.settings import OperatorSettings
 from modelyard.operator.store import ObjectStore
@@ -118,7 +119,9 @@ class Operator:
             self.analyses = Analyses(
                 self.settings.prometheus_url, self.settings.prometheus_namespace_label
             )
-        self.custom = client.CustomObjectsApi(self.api_client)
+        self.rest = Rest(self.api_client, self.settings.api_timeout)
+        self.rest.know(f"{GROUP}/{VERSION}", KIND, PLURAL)
+        self.rest.know(f"{GROUP}/{VERSION}", APPROVAL_KIND, APPROVAL_PLURAL)
         self.policy = RegistryPolicy.from_settings(
             self.settings.default_tracking_uri, self.settings.allowed_registries
         )
@@ -129,15 +132,9 @@ class Operator:
         found = self.store.get(KIND, namespace, name)
         if found is not None:
             return found
-        try:
-            obj = self.custom.get_namespaced_custom_object(
-                GROUP, VERSION, namespace, PLURAL, name, _request_timeout=self.settings.api_timeout
-            )
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-        body: dict[str, Any] = dict(cast(Mapping[str, Any], obj))
+        body = self.rest.get(f"{GROUP}/{VERSION}", KIND, namespace, name)
+        if body is None:
+            return None
         self.store.put(KIND, body)
         return body
 
@@ -147,16 +144,15 @@ class Operator:
             return
         meta = body["metadata"]
         self.metrics.api_writes.labels("status").inc()
-        written = self.custom.patch_namespaced_custom_object_status(
-            GROUP,
-            VERSION,
+        written = self.rest.merge_patch(
+            f"{GROUP}/{VERSION}",
+            KIND,
             meta["namespace"],
-            PLURAL,
             meta["name"],
             {"status": status},
-            _request_timeout=self.settings.api_timeout,
+            subresource="status",
         )
-        self.store.put(KIND, dict(cast(Mapping[str, Any], written)))
+        self.store.put(KIND, written)
 
     def retry_after(self, key: Key, failure: Failure) -> float | None:
         """Seconds until a failed ModelDeployment is tried again: doubling per failure."""
@@ -384,20 +380,19 @@ def write_answer(op: Operator, answer: Answer) -> None:
     status = {"state": answer.state, "message": answer.message, "answeredAt": cond.now_rfc3339()}
     op.metrics.api_writes.labels("status").inc()
     try:
-        written = op.custom.patch_namespaced_custom_object_status(
-            GROUP,
-            VERSION,
+        written = op.rest.merge_patch(
+            f"{GROUP}/{VERSION}",
+            APPROVAL_KIND,
             decision.namespace,
-            APPROVAL_PLURAL,
             decision.name,
             {"status": status},
-            _request_timeout=op.settings.api_timeout,
+            subresource="status",
         )
     except ApiException as error:
         if error.status != 404:
             logger.warning("could not answer ModelApproval %s: %s", decision.name, error.reason)
         return
-    op.store.put(APPROVAL_KIND, dict(cast(Mapping[str, Any], written)))
+    op.store.put(APPROVAL_KIND, written)
 
 
 def apply_plan(op: Operator, body: dict[str, Any], plan: Plan) -> dict[str, Any] | None | Failure:

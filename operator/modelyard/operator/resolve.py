@@ -30,6 +30,7 @@ from modelyard.core.registry import (
 )
 from modelyard.operator.metrics import OperatorMetrics
 from modelyard.operator.resource import ModelDeploymentSpec
+from modelyard.operator.rest import Rest
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class Registries:
     ) -> None:
         #: The operator's own registry user, sent only to the installation's registry.
         self.own_credentials = own_credentials or Credentials()
-        self._core = client.CoreV1Api(api_client)
+        self._rest = Rest(api_client, api_timeout)
         self._timeout = timeout
         self._api_timeout = api_timeout
         self._secret_ttl = secret_ttl
@@ -101,19 +102,17 @@ class Registries:
         if cached is not None and now - cached[0] < self._secret_ttl:
             return cached[1]
         try:
-            secret = self._core.read_namespaced_secret(
-                name, namespace, _request_timeout=self._api_timeout
-            )
+            secret = self._rest.get("v1", "Secret", namespace, name)
         except ApiException as error:
-            if error.status == 404:
-                raise CredentialsNotFound(
-                    f"Secret {namespace}/{name} named in spec.registry.credentialsSecretRef "
-                    "does not exist"
-                ) from None
             raise RegistryUnavailable(
                 f"cannot read Secret {namespace}/{name} (HTTP {error.status})"
             ) from None
-        data = {k: base64.b64decode(v).decode() for k, v in (secret.data or {}).items()}
+        if secret is None:
+            raise CredentialsNotFound(
+                f"Secret {namespace}/{name} named in spec.registry.credentialsSecretRef "
+                "does not exist"
+            )
+        data = {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
         found = Credentials.from_mapping(data)
         with self._lock:
             self._secrets[(namespace, name)] = (now, found)

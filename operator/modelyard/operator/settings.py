@@ -56,7 +56,7 @@ class OperatorSettings(BaseModel):
     model_cache_secret: str | None = None
     # MODELYARD_RECONCILE_WORKERS: threads reconciling ModelDeployments at once (each reconcile is a
     # few blocking calls; a slow registry holds at most this many).
-    reconcile_workers: int = Field(default=4, ge=1, le=64)
+    reconcile_workers: int = Field(default=8, ge=1, le=64)
     # MODELYARD_REGISTRY_TIMEOUT: seconds a registry call may take.
     registry_timeout: float = Field(default=10.0, gt=0)
     # MODELYARD_API_TIMEOUT: seconds a Kubernetes API call may take.

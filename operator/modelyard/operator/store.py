@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 Key = tuple[str, str]  # (namespace, name)
+#: The operator's field manager (and the prefix of its others, like the handover's).
+OWN_FIELD_MANAGER = "modelyard-operator"
 
 
 def _resource_version(body: Mapping[str, Any]) -> int:
@@ -30,12 +32,13 @@ class ObjectStore:
     def put(self, kind: str, body: Mapping[str, Any]) -> None:
         meta = body.get("metadata") or {}
         key = (str(meta.get("namespace") or ""), str(meta.get("name")))
+        kept = _without_others_fields(body)
         with self._lock:
             objects = self._objects.setdefault(kind, {})
             current = objects.get(key)
             if current is not None and _newer(current, body):
                 return  # an older event arriving after our own write
-            objects[key] = dict(body)
+            objects[key] = kept
             for uid in _controller_uids(body):
                 self._owned.setdefault(kind, {}).setdefault(uid, set()).add(key)
 
@@ -81,6 +84,26 @@ class ObjectStore:
     def count(self, kind: str) -> int:
         with self._lock:
             return len(self._objects.get(kind, {}))
+
+
+def _without_others_fields(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A shallow copy of ``body`` whose ``managedFields`` keep only the operator's own
+    entries (read to hand ``spec.replicas`` over to an HPA): the other managers' entries
+    are most of a watched object's size and nothing here reads them."""
+    copy = dict(body)
+    meta = copy.get("metadata")
+    if isinstance(meta, Mapping) and meta.get("managedFields"):
+        own = [
+            entry
+            for entry in meta["managedFields"]
+            if str(entry.get("manager", "")).startswith(OWN_FIELD_MANAGER)
+        ]
+        copy["metadata"] = (
+            {**meta, "managedFields": own}
+            if own
+            else {k: v for k, v in meta.items() if k != "managedFields"}
+        )
+    return copy
 
 
 def _newer(current: Mapping[str, Any], incoming: Mapping[str, Any]) -> bool:
