@@ -253,7 +253,8 @@ per watched namespace). No wildcards: tests/unit/chart checks it.
 
 {{/*
 The pipelines to schedule, as a JSON list: the samples (files/pipelines/*.yaml, when
-pipelines.samples) and pipelines.definitions. Each item: name, source (the YAML text, or
+pipelines.samples) and pipelines.definitions; a definition named as a sample replaces
+it. Each item: name, source (the YAML text, or
 empty with pathInImage), schedule, timeZone, timeoutSeconds, resources, suspend, skipSteps.
 */}}
 {{- define "modelyard.pipelines" -}}
@@ -262,7 +263,10 @@ empty with pathInImage), schedule, timeZone, timeoutSeconds, resources, suspend,
 {{- range $path, $bytes := .Files.Glob "files/pipelines/*.yaml" -}}
 {{- $source := toString $bytes -}}
 {{- $def := fromYaml $source -}}
+{{- /* A definition of the same name replaces the sample (its schedule, suspend, ...). */ -}}
+{{- if not (hasKey $.Values.pipelines.definitions $def.name) -}}
 {{- $items = append $items (dict "name" $def.name "source" $source "pathInImage" "" "schedule" $def.schedule "timeZone" ($def.timezone | default "") "deadline" (include "modelyard.pipeline.deadline" (dict "def" $def "ctx" $)) "resources" ($def.resources | default dict) "suspend" false "skipSteps" list) -}}
+{{- end -}}
 {{- end -}}
 {{- end -}}
 {{- range $key, $p := .Values.pipelines.definitions -}}

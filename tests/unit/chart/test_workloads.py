@@ -301,6 +301,22 @@ def test_samples_as_cronjobs(default_objects: list[dict[str, Any]]) -> None:
     one(default_objects, "PersistentVolumeClaim", "my-modelyard-lake")
 
 
+def test_a_definition_named_as_a_sample_replaces_it() -> None:
+    sample = CHART / "files" / "pipelines" / "churn-tuned.yaml"
+    objects = render(
+        "--set-file",
+        f"pipelines.definitions.churn-tuned.definition={sample}",
+        "--set",
+        "pipelines.definitions.churn-tuned.schedule=30 2 * * *",
+        "--set",
+        "pipelines.definitions.churn-tuned.suspend=true",
+    )
+    tuned = one(objects, "CronJob", "my-modelyard-churn-tuned")
+    assert (tuned["spec"]["schedule"], tuned["spec"]["suspend"]) == ("30 2 * * *", True)
+    # The other sample stays as shipped.
+    assert one(objects, "CronJob", "my-modelyard-churn")["spec"]["suspend"] is False
+
+
 def test_no_pipelines() -> None:
     objects = render("--values", str(CHART / "ci" / "no-pipelines-values.yaml"))
     assert find(objects, "CronJob") == []
