@@ -15,8 +15,10 @@ Each run, on fresh namespaces:
      minute (the mlflow server's access log; the API server's apiserver_request_total,
      without the benchmark's own scrapes);
   3. one alias (used by N/100 deployments, one in each namespace) moves to version 2:
-     the time until all of their server Deployments serve it (polling; the webhook
-     column stays empty until the operator accepts MLflow webhooks);
+     the time until all of their server Deployments serve it, found by polling
+     (MODELYARD_RESOLVE_INTERVAL, 30 s); then MLflow's webhook to the operator is
+     registered (`modelyard registry webhook create`) and another alias moves: the same
+     time, with the delivery (polling still runs as the fallback, at the same interval);
   4. the operator stops; the kopf floor starts on the same objects: its RSS and its
      API requests per minute over --idle-seconds;
   5. nothing runs: the control plane's own requests over --idle-seconds (the baseline
@@ -29,7 +31,7 @@ range holds N Services (hack/cluster.sh with SERVICE_CIDR=10.x.0.0/16; the defau
 does not). The server Deployments run no pods (--replicas 0 by default): this measures
 the control loop, not the model servers. Take the benchmark lock:
 
-    export KUBECONFIG=...   # e.g. /tmp/c5/kubeconfig
+    export KUBECONFIG=...   # e.g. /tmp/cluster-c5/kubeconfig
     flock /tmp/modelyard-bench.lock .venv/bin/python benchmarks/operator_scale.py \\
         --runs 3 --resources 1000 --namespaces 10 --soak-seconds 120 --markdown
 """
@@ -149,10 +151,24 @@ class Registry:
         return reads, writes
 
 
+#: The registry delivers webhooks to the operator on this host: http:// and a private
+#: address allowed, its webhook list re-read every second (MLflow caches it for 60 s).
+WEBHOOK_ENV = {
+    "MLFLOW_WEBHOOK_ALLOWED_SCHEMES": "http,https",
+    "MLFLOW_WEBHOOK_ALLOW_PRIVATE_IPS": "true",
+    "MLFLOW_WEBHOOK_CACHE_TTL": "1",
+}
+#: The secret shared by the registry's webhook and the operator's receiver.
+WEBHOOK_SECRET = "bench-" + os.urandom(12).hex()
+
+
 @contextmanager
 def mlflow_registry(root: Path) -> Iterator[Registry]:
+    from cryptography.fernet import Fernet
+
     port = free_port()
-    proc, log_path = start_mlflow_server(root, port)
+    env = {**WEBHOOK_ENV, "MLFLOW_WEBHOOK_SECRET_ENCRYPTION_KEY": Fernet.generate_key().decode()}
+    proc, log_path = start_mlflow_server(root, port, env=env)
     registry = Registry(f"http://127.0.0.1:{port}", proc, log_path)
     try:
         wait_http(f"{registry.url}/health", 300, proc, log_path)
@@ -196,6 +212,7 @@ class Proc:
     log: Path
     health: str
     metrics: str = ""
+    webhook: str = ""
 
     def metric(self, name: str) -> float:
         """The sum of a metric's samples on the operator's /metrics."""
@@ -209,6 +226,19 @@ class Proc:
             for s in family.samples
             if s.name == name
         )
+
+    def by_label(self, name: str, label: str) -> dict[str, float]:
+        """A metric's samples on the operator's /metrics, by one label's value."""
+        import httpx
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = httpx.get(self.metrics, timeout=10).text
+        return {
+            s.labels.get(label, ""): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+            if s.name == name
+        }
 
     def rss_mib(self) -> float:
         for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
@@ -245,12 +275,16 @@ def start(name: str, argv: list[str], workdir: Path, port: int, env: dict[str, s
 
 
 def start_operator(workdir: Path, kubeconfig: str, workers: int | None) -> Proc:
-    port, metrics_port = free_port(), free_port()
+    from modelyard.core.contracts import RegistryWebhook
+
+    port, metrics_port, hook_port = free_port(), free_port(), free_port()
     env = {
         "KUBECONFIG": kubeconfig,
         "MODELYARD_ALLOWED_REGISTRIES": "http://127.0.0.1:*",
         "MODELYARD_SERVER_IMAGE": "modelyard/server:bench",
         "MODELYARD_METRICS_PORT": str(metrics_port),
+        "MODELYARD_WEBHOOK_PORT": str(hook_port),
+        RegistryWebhook.SECRET_ENV: WEBHOOK_SECRET,
     }
     if workers is not None:
         env["MODELYARD_RECONCILE_WORKERS"] = str(workers)
@@ -262,7 +296,23 @@ def start_operator(workdir: Path, kubeconfig: str, workers: int | None) -> Proc:
     ]
     proc = start("operator", argv, workdir, port, env)
     proc.metrics = f"http://127.0.0.1:{metrics_port}/metrics"
+    proc.webhook = f"http://127.0.0.1:{hook_port}{RegistryWebhook.PATH}"
     return proc
+
+
+def register_webhook(registry: str, receiver: str) -> None:
+    """As a user does: `modelyard registry webhook create` (creates, or updates the
+    URL of, the registry's webhook to the operator)."""
+    subprocess.run(
+        [
+            str(VENV_BIN / "modelyard"), "registry", "webhook", "create",
+            "--url", receiver, "--secret-env", "BENCH_WEBHOOK_SECRET",
+            "--tracking-uri", registry,
+        ],
+        env=subprocess_env(BENCH_WEBHOOK_SECRET=WEBHOOK_SECRET),
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
 
 
 def start_floor(workdir: Path, kubeconfig: str) -> Proc:
@@ -400,6 +450,7 @@ def one_run(
         except TimeoutError:
             result["to_quiet_s"] = None
         result["writes_to_quiet"] = writes["last"]
+        result["writes_by_verb"] = operator.by_label("modelyard_operator_api_writes_total", "verb")
         result["reconciles_to_quiet"] = operator.metric("modelyard_operator_reconciles_total")
         log(f"run {run}: quiet at {result['to_quiet_s']}s after {writes['last']:.0f} writes")
         result["operator_rss_mib"] = operator.rss_mib()
@@ -428,25 +479,42 @@ def one_run(
         result["operator_api"] = api.__dict__
         log(f"run {run}: soak {seconds:.0f}s, RSS {samples[0]:.0f} -> {samples[-1]:.0f} MiB")
 
-        # One alias moves: its deployments (one per namespace) roll, found by polling.
-        moved = models[run % MODELS]
-        followers = [(ns, name) for ns, name, model in placed if model == moved]
-        MlflowClient(registry.url).set_registered_model_alias(moved, ALIAS, "2")
-        pending = set(followers)
+        # One alias moves: its deployments (one per namespace) roll, found by polling;
+        # then, with the registry's webhook to the operator, another one.
+        mlflow = MlflowClient(registry.url)
 
-        def rolled() -> bool:
-            for ns, name in list(pending):
-                if serves_version(kube, ns, name, moved, 2):
-                    pending.discard((ns, name))
-            return not pending
+        def alias_move(moved: str) -> float | None:
+            followers = [(ns, name) for ns, name, model in placed if model == moved]
+            result["alias_followers"] = len(followers)
+            mlflow.set_registered_model_alias(moved, ALIAS, "2")
+            pending = set(followers)
 
-        try:
-            result["alias_move_poll_s"] = wait("the alias move", rolled, 300, interval=0.25)
-        except TimeoutError:
-            result["alias_move_poll_s"] = None
-        result["alias_move_webhook_s"] = None  # the operator takes no webhooks yet
-        result["alias_followers"] = len(followers)
-        log(f"run {run}: alias move rolled in {result['alias_move_poll_s']}s")
+            def rolled() -> bool:
+                for ns, name in list(pending):
+                    if serves_version(kube, ns, name, moved, 2):
+                        pending.discard((ns, name))
+                return not pending
+
+            try:
+                return wait(f"the move of {moved}@{ALIAS}", rolled, 300, interval=0.25)
+            except TimeoutError:
+                return None
+
+        result["alias_move_poll_s"] = alias_move(models[(2 * run) % MODELS])
+        log(f"run {run}: alias move rolled in {result['alias_move_poll_s']}s (polling)")
+        register_webhook(registry.url, operator.webhook)
+        time.sleep(3)  # MLflow re-reads its webhook list every second (WEBHOOK_ENV)
+        accepted = operator.metric("modelyard_operator_webhook_deliveries_total")
+        result["alias_move_webhook_s"] = alias_move(models[(2 * run + 1) % MODELS])
+        result["webhook_deliveries"] = (
+            operator.metric("modelyard_operator_webhook_deliveries_total") - accepted
+        )
+        log(
+            f"run {run}: alias move rolled in {result['alias_move_webhook_s']}s (webhook, "
+            f"{result['webhook_deliveries']:.0f} deliveries)"
+        )
+        for hook in mlflow.list_webhooks():  # the next run's operator listens elsewhere
+            mlflow.delete_webhook(hook.webhook_id)
     finally:
         operator.stop()
 
@@ -554,7 +622,12 @@ def table(runs: list[dict[str, Any]]) -> str:
             None,
             "",
         ),
-        ("alias move, webhook (s)", None, None, "< 5 (webhooks: not in this operator yet)"),
+        (
+            "alias move to all followers rolled, webhook (s)",
+            med(runs, lambda r: r.get("alias_move_webhook_s")),
+            None,
+            "< 5",
+        ),
     ]
     out = [
         "| measure (median of runs) | modelyard operator | kopf floor | ratio | target |",
@@ -638,6 +711,15 @@ def main() -> None:
         parser.error(f"--resources must be at least {MODELS} (one per registered model)")
 
     kube = Kube(args.kubeconfig)
+    # The chart's CRDs, as `helm install` puts them in (created or updated).
+    cache = Path(os.environ.get("MODELYARD_CACHE", Path.home() / ".cache" / "modelyard"))
+    kubectl = cache / "bin" / "kubectl"
+    subprocess.run(
+        [str(kubectl), "--kubeconfig", args.kubeconfig, "apply", "--server-side",
+         "--force-conflicts", "-f", str(REPO / "charts" / "modelyard" / "crds")],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
     size = kube.service_range()
     if size < args.resources + 50:
         parser.error(
