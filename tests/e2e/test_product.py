@@ -909,7 +909,7 @@ def test_helm_uninstall_keeps_the_registry_and_cleans_up_the_rest(
     wait_for("the release's pods to go", lambda: left() == kept, timeout=180, interval=2)
     roles = node_cluster.run_kubectl(
         "get",
-        "clusterrole,clusterrolebinding",
+        "clusterrole,clusterrolebinding,flowschema",
         "-l",
         f"app.kubernetes.io/instance={RELEASE}",
         "-o",

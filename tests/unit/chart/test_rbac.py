@@ -217,6 +217,32 @@ def test_the_operator_may_hold_one_lease_in_its_namespace(mode: tuple[str, ...])
         assert ("coordination.k8s.io", "leases") not in permissions(cluster_role)
 
 
+def test_the_lease_requests_go_to_the_leader_election_priority_level() -> None:
+    schema = one(render(), "FlowSchema", "ml-my-modelyard-operator-leader-election")
+    assert schema["spec"]["priorityLevelConfiguration"] == {"name": "leader-election"}
+    assert schema["spec"]["rules"] == [
+        {
+            "subjects": [
+                {
+                    "kind": "ServiceAccount",
+                    "serviceAccount": {"name": "my-modelyard-operator", "namespace": "ml"},
+                }
+            ],
+            # The operator's Lease requests only, not its other work.
+            "resourceRules": [
+                {
+                    "apiGroups": ["coordination.k8s.io"],
+                    "resources": ["leases"],
+                    "verbs": ["get", "create", "update"],
+                    "namespaces": ["ml"],
+                }
+            ],
+        }
+    ]
+    off = render("--set", "operator.leaderElection.flowSchema=false")
+    assert find(off, "FlowSchema") == []
+
+
 #: The pipelines' orchestrator, in its own namespace (tests/unit/chart/test_pipelines_contract.py).
 PIPELINES = "my-modelyard-pipelines"
 
