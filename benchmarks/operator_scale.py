@@ -60,6 +60,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.support.servers import (  # noqa: E402  (after the path)
     VENV_BIN,
+    Cluster,
     free_port,
     start_mlflow_server,
     stop_process,
@@ -214,31 +215,26 @@ class Proc:
     metrics: str = ""
     webhook: str = ""
 
-    def metric(self, name: str) -> float:
-        """The sum of a metric's samples on the operator's /metrics."""
+    def samples(self, name: str) -> list[Any]:
+        """The samples of one metric on the operator's /metrics."""
         import httpx
         from prometheus_client.parser import text_string_to_metric_families
 
         text = httpx.get(self.metrics, timeout=10).text
-        return sum(
-            s.value
+        return [
+            s
             for family in text_string_to_metric_families(text)
             for s in family.samples
             if s.name == name
-        )
+        ]
+
+    def metric(self, name: str) -> float:
+        """The sum of a metric's samples on the operator's /metrics."""
+        return sum(s.value for s in self.samples(name))
 
     def by_label(self, name: str, label: str) -> dict[str, float]:
         """A metric's samples on the operator's /metrics, by one label's value."""
-        import httpx
-        from prometheus_client.parser import text_string_to_metric_families
-
-        text = httpx.get(self.metrics, timeout=10).text
-        return {
-            s.labels.get(label, ""): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-            if s.name == name
-        }
+        return {s.labels.get(label, ""): s.value for s in self.samples(name)}
 
     def rss_mib(self) -> float:
         for line in Path(f"/proc/{self.popen.pid}/status").read_text().splitlines():
@@ -713,12 +709,9 @@ def main() -> None:
     kube = Kube(args.kubeconfig)
     # The chart's CRDs, as `helm install` puts them in (created or updated).
     cache = Path(os.environ.get("MODELYARD_CACHE", Path.home() / ".cache" / "modelyard"))
-    kubectl = cache / "bin" / "kubectl"
-    subprocess.run(
-        [str(kubectl), "--kubeconfig", args.kubeconfig, "apply", "--server-side",
-         "--force-conflicts", "-f", str(REPO / "charts" / "modelyard" / "crds")],
-        check=True,
-        capture_output=True,
+    Cluster(Path(args.kubeconfig), cache / "bin").run_kubectl(
+        "apply", "--server-side", "--force-conflicts",
+        "-f", str(REPO / "charts" / "modelyard" / "crds"),
     )  # fmt: skip
     size = kube.service_range()
     if size < args.resources + 50:
