@@ -9,7 +9,9 @@ version *measured over the same interval*, so a load change moves both:
   (a canary with too little traffic is held, never failed: there is nothing to judge);
 - **Failed** when the candidate's error rate exceeds the stable's by more than
   ``max_error_rate_increase``, or its p99 exceeds ``max_latency_ratio`` times the
-  stable's;
+  stable's *and* the stable's by more than ``min_latency_increase_seconds`` (the p99 of
+  one interval's few hundred requests to a model answering in milliseconds moves by
+  tens of them from noise alone; 17 ms against 59 ms says nothing about the model);
 - **Successful** otherwise.
 
 Where the numbers come from (the servers' ``/metrics``, or a Prometheus) is the
@@ -36,6 +38,7 @@ class Criteria:
     max_error_rate_increase: float = 0.01
     max_latency_ratio: float = 1.5
     failure_limit: int = 2
+    min_latency_increase_seconds: float = 0.025
 
 
 @dataclass(frozen=True)
@@ -110,11 +113,13 @@ def judge(
     if candidate.p99_seconds is not None and stable.p99_seconds is not None:
         # A stable p99 of zero (below the first histogram bucket) counts as one millisecond.
         ratio = candidate.p99_seconds / max(stable.p99_seconds, 0.001)
-        if ratio > criteria.max_latency_ratio:
+        slower = candidate.p99_seconds - stable.p99_seconds
+        if ratio > criteria.max_latency_ratio and slower > criteria.min_latency_increase_seconds:
             failures.append(
                 f"p99 {candidate.p99_seconds * 1000:.0f}ms vs stable"
                 f" {stable.p99_seconds * 1000:.0f}ms"
-                f" (x{ratio:.2f} > x{criteria.max_latency_ratio:g})"
+                f" (x{ratio:.2f} > x{criteria.max_latency_ratio:g},"
+                f" +{slower * 1000:.0f}ms > +{criteria.min_latency_increase_seconds * 1000:g}ms)"
             )
     if failures:
         return measured(FAILED, "; ".join(failures))

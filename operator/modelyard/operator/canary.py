@@ -174,6 +174,7 @@ def criteria(canary: Canary) -> Criteria:
         min_requests=a.min_requests,
         max_error_rate_increase=a.max_error_rate_increase,
         max_latency_ratio=a.max_latency_ratio,
+        min_latency_increase_seconds=duration_seconds(a.min_latency_increase),
         failure_limit=a.failure_limit,
     )
 

@@ -130,12 +130,15 @@ class Approval(_Model):
 
 #: A pause or an interval: seconds, minutes or hours (``30s``, ``2m``, ``1h``).
 DURATION_PATTERN = r"^[0-9]+[smh]$"
-_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+#: A latency: milliseconds too (``25ms``, ``1s``).
+LATENCY_PATTERN = r"^[0-9]+(ms|s)$"
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
 
 
 def duration_seconds(text: str) -> float:
-    """``2m`` -> 120.0 (the CRD's pattern has been enforced)."""
-    return float(int(text[:-1]) * _DURATION_UNITS[text[-1]])
+    """``2m`` -> 120.0, ``25ms`` -> 0.025 (the CRD's pattern has been enforced)."""
+    unit = "ms" if text.endswith("ms") else text[-1]
+    return int(text[: -len(unit)]) * _DURATION_UNITS[unit]
 
 
 class CanaryStep(_Model):
@@ -162,6 +165,9 @@ class CanaryAnalysis(_Model):
     min_requests: int = Field(default=50, ge=1, alias="minRequests")
     max_error_rate_increase: float = Field(default=0.01, ge=0, le=1, alias="maxErrorRateIncrease")
     max_latency_ratio: float = Field(default=1.5, ge=1, alias="maxLatencyRatio")
+    min_latency_increase: str = Field(
+        default="25ms", pattern=LATENCY_PATTERN, alias="minLatencyIncrease"
+    )
     failure_limit: int = Field(default=2, ge=1, alias="failureLimit")
 
 

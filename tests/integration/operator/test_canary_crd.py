@@ -82,6 +82,11 @@ INVALID: list[tuple[str, dict[str, Any], str]] = [
         "maxLatencyRatio in body should be greater than or equal to 1",
     ),
     (
+        "latency increase without unit",
+        canary([{"weight": 10}], analysis={"minLatencyIncrease": "25"}),
+        "minLatencyIncrease in body should match",
+    ),
+    (
         "shadow with alias and version",
         {"model": MODEL, "rollout": {"shadow": {"alias": "c", "version": 2, "percent": 5}}},
         "spec.rollout.shadow must set exactly one of alias or version",
@@ -136,6 +141,7 @@ def test_canary_defaults(api_client: client.ApiClient, crd: Any, namespace: str)
             "minRequests": 50,
             "maxErrorRateIncrease": 0.01,
             "maxLatencyRatio": 1.5,
+            "minLatencyIncrease": "25ms",
             "failureLimit": 2,
         },
     }

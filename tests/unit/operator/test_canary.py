@@ -230,8 +230,15 @@ def test_rollout_status_says_phase_step_weight_and_why_it_holds() -> None:
 
 
 def test_the_analysis_criteria_come_from_the_spec() -> None:
-    c = spec(STEPS, interval="1m", minRequests=10, maxLatencyRatio=2, failureLimit=3)
-    assert k.criteria(c) == Criteria(60.0, 10, 0.01, 2.0, 3)
+    c = spec(
+        STEPS,
+        interval="1m",
+        minRequests=10,
+        maxLatencyRatio=2,
+        minLatencyIncrease="40ms",
+        failureLimit=3,
+    )
+    assert k.criteria(c) == Criteria(60.0, 10, 0.01, 2.0, 3, 0.04)
 
 
 def test_a_rollout_command_not_yet_acted_on_asks_for_a_reconcile() -> None:
