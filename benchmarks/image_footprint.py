@@ -3,9 +3,9 @@ operator's idle memory. Measured in the images themselves (buildah run), so the 
 are those of the runtime a pod gets.
 
     python benchmarks/image_footprint.py \\
-        --server localhost/modelyard/server:0.1.0 \\
-        --operator localhost/modelyard/operator:0.1.0 \\
-        --toolkit localhost/modelyard/toolkit:0.1.0 \\
+        --server localhost/modelyard/server:0.2.0 \\
+        --operator localhost/modelyard/operator:0.2.0 \\
+        --toolkit localhost/modelyard/toolkit:0.2.0 \\
         --kubeconfig .cluster/kubeconfig --repetitions 5
 
 Import time: median of N fresh interpreters importing the server's service module (what

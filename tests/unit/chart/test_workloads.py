@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+from modelyard._version import __version__ as V
 from tests.unit.chart.rendering import (
     CHART,
     CI_VALUES,
@@ -73,7 +74,7 @@ def test_operator(default_objects: list[dict[str, Any]]) -> None:
         "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1},
     }
     c = container(deployment)
-    assert c["image"] == "ghcr.io/modelyard/modelyard/operator:0.1.0"  # the published image
+    assert c["image"] == f"ghcr.io/modelyard/modelyard/operator:{V}"  # the published image
     assert c["imagePullPolicy"] == "IfNotPresent"
     assert c["command"] == ["modelyard", "operator"]
     assert "--liveness=http://0.0.0.0:8080/healthz" in c["args"]
@@ -94,12 +95,12 @@ def test_operator(default_objects: list[dict[str, Any]]) -> None:
     )
     env = env_of(c)
     assert env["MODELYARD_DEFAULT_TRACKING_URI"] == MLFLOW_URL
-    assert env["MODELYARD_SERVER_IMAGE"] == "ghcr.io/modelyard/modelyard/server:0.1.0"
+    assert env["MODELYARD_SERVER_IMAGE"] == f"ghcr.io/modelyard/modelyard/server:{V}"
     assert env["MODELYARD_SERVER_IMAGE_PULL_POLICY"] == "IfNotPresent"
     assert env["MODELYARD_RESOLVE_INTERVAL"] == "30"
     assert env["MODELYARD_METRICS_PORT"] == "8081"
-    assert env["MODELYARD_TOOLKIT_IMAGE"] == "ghcr.io/modelyard/modelyard/toolkit:0.1.0"
-    assert env["MODELYARD_ROUTER_IMAGE"] == "ghcr.io/modelyard/modelyard/router:0.1.0"
+    assert env["MODELYARD_TOOLKIT_IMAGE"] == f"ghcr.io/modelyard/modelyard/toolkit:{V}"
+    assert env["MODELYARD_ROUTER_IMAGE"] == f"ghcr.io/modelyard/modelyard/router:{V}"
     assert env["MODELYARD_ROUTER_IMAGE_PULL_POLICY"] == "IfNotPresent"
     # No Prometheus named: the canary analysis reads the servers' pods itself.
     assert "MODELYARD_PROMETHEUS_URL" not in env
@@ -335,7 +336,7 @@ def test_own_pipelines() -> None:
     assert fraud["spec"]["suspend"] is True
     assert fraud["spec"]["jobTemplate"]["spec"]["activeDeadlineSeconds"] == 900 + 120
     c = container(fraud)
-    assert c["image"] == "registry.example.com/modelyard/toolkit:0.1.0"
+    assert c["image"] == "registry.example.com/modelyard/toolkit:0.2.0"  # the tag the values pin
     assert c["imagePullPolicy"] == "Always"
     assert env_of(c)["MODELYARD_LAKE"] == "s3://lake-bucket/modelyard"
     assert c["envFrom"] == [{"secretRef": {"name": "pipeline-credentials"}}]
@@ -399,7 +400,7 @@ def test_labels(default_objects: list[dict[str, Any]]) -> None:
         labels = obj["metadata"]["labels"]
         assert labels["app.kubernetes.io/name"] == "modelyard"
         assert labels["app.kubernetes.io/instance"] == "my"
-        assert labels["app.kubernetes.io/version"] == "0.1.0"
+        assert labels["app.kubernetes.io/version"] == V
         assert labels["app.kubernetes.io/part-of"] == "modelyard"
         assert labels["app.kubernetes.io/component"]
 
@@ -415,16 +416,16 @@ def test_images_come_from_the_registry_value() -> None:
         }
 
     assert images() == {
-        "ghcr.io/modelyard/modelyard/operator:0.1.0",
-        "ghcr.io/modelyard/modelyard/toolkit:0.1.0",
+        f"ghcr.io/modelyard/modelyard/operator:{V}",
+        f"ghcr.io/modelyard/modelyard/toolkit:{V}",
     }
     # The node's own images (make demo, the e2e tests): the bare names.
     assert images("--set", "image.registry=") == {
-        "modelyard/operator:0.1.0",
-        "modelyard/toolkit:0.1.0",
+        f"modelyard/operator:{V}",
+        f"modelyard/toolkit:{V}",
     }
     # A repository that names its registry is used as it is.
-    assert "mirror.example.com:5000/ml/toolkit:0.1.0" in images(
+    assert f"mirror.example.com:5000/ml/toolkit:{V}" in images(
         "--set", "image.toolkit.repository=mirror.example.com:5000/ml/toolkit"
     )
 
