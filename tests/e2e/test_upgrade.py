@@ -104,7 +104,12 @@ def crds_as_released(cluster: Any, tree: Path) -> list[str]:
     for path in sorted((tree / "manifests" / "crds").glob("*.yaml")):
         old = yaml.safe_load(path.read_text())
         name = old["metadata"]["name"]
-        live = kubectl_json(cluster, "get", "crd", name)
+        names.append(name)
+        found = cluster.run_kubectl("get", "crd", name, "-o", "json", check=False)
+        if found.returncode != 0:  # no release of this tree ran before on this cluster
+            cluster.run_kubectl("create", "-f", str(path))
+            continue
+        live = json.loads(found.stdout)
         live["spec"] = old["spec"]
         annotations = dict(live["metadata"].get("annotations") or {})
         for key in (CRD_VERSION_ANNOTATION, CRD_DIGEST_ANNOTATION):
@@ -115,7 +120,6 @@ def crds_as_released(cluster: Any, tree: Path) -> list[str]:
             [cluster.kubectl, "--kubeconfig", str(cluster.kubeconfig), "replace", "-f", "-"],
             input=json.dumps(live), text=True, capture_output=True, check=True, timeout=120,
         )  # fmt: skip
-        names.append(name)
     return names
 
 
