@@ -85,6 +85,7 @@ class LeaderElector:
         retry_period: float = 2.0,
         on_lost: Callable[[], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        annotations: dict[str, str] | None = None,
     ) -> None:
         if not 0 < retry_period < renew_deadline < lease_duration:
             raise ValueError(
@@ -99,6 +100,9 @@ class LeaderElector:
         self.renew_deadline = renew_deadline
         self.retry_period = retry_period
         self.on_lost = on_lost
+        #: Written on the Lease while this process holds it (e.g. where it takes webhook
+        #: deliveries, for the standbys to forward them to).
+        self.annotations = dict(annotations or {})
         self._clock = clock
         self._lock = threading.Lock()
         #: When the request of the last successful write was sent (monotonic), if leading.
@@ -106,6 +110,8 @@ class LeaderElector:
         #: (holder, renewTime, resourceVersion) as last read, and when it was first seen.
         self._observed: tuple[str, str, str] | None = None
         self._observed_at = 0.0
+        #: The Lease's annotations as last read (the holder's, see ``annotations``).
+        self._observed_annotations: dict[str, str] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         #: What this process last wrote to the Lease and the resourceVersion the API server
@@ -129,6 +135,18 @@ class LeaderElector:
         """The holder the Lease named when last read ("" for none)."""
         with self._lock:
             return self._observed[0] if self._observed else ""
+
+    def holder_annotation(self, key: str) -> str | None:
+        """What another holder of the Lease, alive when last read, announced under ``key``
+        (None while this process leads, or when nobody holds the Lease)."""
+        with self._lock:
+            observed, at = self._observed, self._observed_at
+            value = self._observed_annotations.get(key)
+        if observed is None or not observed[0] or observed[0] == self.identity:
+            return None
+        if self._clock() - at >= self.lease_duration:
+            return None  # the holder stopped renewing: it may be gone
+        return value
 
     # ------------------------------------------------------------------ one attempt
     def try_acquire_or_renew(self, timeout: float | None = None) -> bool:
@@ -157,6 +175,7 @@ class LeaderElector:
         holder = spec.holder_identity or ""
         seen = (holder, str(spec.renew_time), str(meta.resource_version))
         with self._lock:
+            self._observed_annotations = dict(meta.annotations or {})
             if seen != self._observed:
                 if self._observed is None or self._observed[0] != holder:
                     logger.info("the Lease %s is held by %s", self.lease, holder or "nobody")
@@ -242,6 +261,8 @@ class LeaderElector:
             metadata["resourceVersion"] = resource_version
         if labels:
             metadata["labels"] = labels
+        if holder and self.annotations:
+            metadata["annotations"] = dict(self.annotations)
         spec: dict[str, Any] = {
             "leaseDurationSeconds": math.ceil(self.lease_duration) if holder else 1,
             "acquireTime": acquire_time,

@@ -27,7 +27,11 @@ from modelyard.operator import leader as leadership
 from modelyard.operator.leader import LeaderElector, new_identity, own_namespace
 from modelyard.operator.metrics import OperatorMetrics
 from modelyard.operator.settings import OperatorSettings
-from modelyard.operator.webhooks import WebhookReceiver
+from modelyard.operator.webhooks import (
+    WEBHOOK_ADDRESS_ANNOTATION,
+    WebhookReceiver,
+    webhook_address,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +96,11 @@ def elector_for(settings: OperatorSettings) -> LeaderElector:
         renew_deadline=settings.leader_election_renew_deadline,
         retry_period=settings.leader_election_retry_period,
         on_lost=_exit_on_lost_lease,
+        annotations=(
+            {WEBHOOK_ADDRESS_ANNOTATION: webhook_address(settings.pod_ip, settings.webhook_port)}
+            if settings.webhook_port and settings.pod_ip
+            else None
+        ),
     )
 
 
@@ -110,15 +119,22 @@ def run(*, namespaces: list[str], liveness: str | None, verbose: bool) -> None:
     elector: LeaderElector | None = None
     hooks: WebhookReceiver | None = None
     if settings.webhook_port:
-        # On every replica from the start, so a delivery the Service sends to a standby
-        # gets a 503 (MLflow retries) rather than a refused connection; it acts once the
-        # handlers attach the scheduler on the leader.
+        # On every replica from the start: a standby forwards what the Service sends it
+        # to the leader the Lease names (or answers 503, which MLflow retries); it acts
+        # once the handlers attach the scheduler on the leader.
         hooks = WebhookReceiver(
             settings.webhook_secret.get_secret_value(),
             None,
             metrics,
             tolerance=settings.webhook_tolerance,
             is_leader=lambda: elector is None or elector.is_leader(),
+            # The elector stands by inside leadership_of() below: read it from there.
+            active_address=lambda: (
+                standby.holder_annotation(WEBHOOK_ADDRESS_ANNOTATION)
+                if (standby := leadership.current()) is not None
+                else None
+            ),
+            name=settings.pod_name,
         )
         port = hooks.serve(settings.webhook_port)
         logger.info("MLflow webhooks at http://0.0.0.0:%d%s", port, RegistryWebhook.PATH)

@@ -149,6 +149,10 @@ class OperatorSettings(BaseModel):
     # MODELYARD_POD_NAME: this replica's name in the Lease's holderIdentity (the chart sets
     # the pod's name; default: the host name), followed by a random suffix per process.
     pod_name: str = ""
+    # MODELYARD_POD_IP: this replica's address (the chart sets the pod's IP). With
+    # webhooks on, the leader announces <pod IP>:<webhook port> on the Lease, and a
+    # standby forwards the deliveries the Service sends it there.
+    pod_ip: str = ""
 
     @model_validator(mode="after")
     def _leader_election_timing(self) -> OperatorSettings:

@@ -11,8 +11,13 @@ reference to it that ModelDeployments follow, now rather than at its next pass. 
 scheduler's passes go on regardless: a lost delivery is caught up by polling.
 
 Answers: 200 acted on (or ignored: an event the operator does not need, a duplicate);
-401 unsigned, forged or stale; 400 a malformed delivery (the field is named); 503 from a
-replica that is not the active one (MLflow retries 5xx).
+401 unsigned, forged or stale; 400 a malformed delivery (the field is named).
+
+The Service sends a delivery to any replica. A standby forwards it, as it came (the
+signature covers the body and its headers), to the active replica, whose address the
+active one announces on the Lease (``WEBHOOK_ADDRESS_ANNOTATION``), and answers what the
+active one answered; one hop only. Without a known active replica, or when it does not
+answer, the standby answers 503 (MLflow retries 5xx; polling catches up regardless).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import threading
@@ -31,6 +37,7 @@ from typing import Any
 
 from modelyard.core import contracts as c
 from modelyard.operator.metrics import OperatorMetrics, close_server
+from modelyard.operator.resource import GROUP
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +46,28 @@ Hook = c.RegistryWebhook
 MAX_BODY = 64 * 1024
 #: Seconds a client has to send its request.
 READ_TIMEOUT = 10.0
+#: On the Lease: ``host:port`` where its holder takes deliveries.
+WEBHOOK_ADDRESS_ANNOTATION = f"{GROUP}/webhook-address"
+#: Set on a forwarded delivery (to the forwarding replica's name): never forwarded again.
+FORWARDED_HEADER = "X-Modelyard-Forwarded-By"
+#: The headers a forwarded delivery keeps (what the signature and the checks read).
+_FORWARDED = (
+    "Content-Type",
+    Hook.SIGNATURE_HEADER,
+    Hook.DELIVERY_ID_HEADER,
+    Hook.TIMESTAMP_HEADER,
+)
+#: Seconds the active replica has to answer a forwarded delivery.
+FORWARD_TIMEOUT = 5.0
+
+
+def nowhere() -> str | None:
+    return None
+
+
+def webhook_address(ip: str, port: int) -> str:
+    """``host:port`` (an IPv6 address in brackets)."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
 def always() -> bool:
@@ -80,6 +109,8 @@ class WebhookReceiver:
         tolerance: float = 300.0,
         is_leader: Callable[[], bool] = always,
         clock: Callable[[], float] = time.time,
+        active_address: Callable[[], str | None] = nowhere,
+        name: str = "",
     ) -> None:
         if not secret:
             raise ValueError(
@@ -91,6 +122,8 @@ class WebhookReceiver:
         self._metrics = metrics
         self._tolerance = tolerance
         self._is_leader = is_leader
+        self._active_address = active_address
+        self._name = name or "standby"
         self._clock = clock
         self._lock = threading.Lock()
         self._seen: dict[str, float] = {}
@@ -107,9 +140,9 @@ class WebhookReceiver:
         self._on_model = on_model
 
     def _check(self, headers: Mapping[str, str], body: bytes) -> Answer:
-        if self._on_model is None or not self._is_leader():
-            return Answer(503, "not_leader", "this operator replica is not the active one")
         lower = {k.lower(): v for k, v in headers.items()}
+        if self._on_model is None or not self._is_leader():
+            return self._forward(lower, body)
         signed = lower.get(Hook.SIGNATURE_HEADER.lower())
         if not signed:
             return Answer(
@@ -148,6 +181,36 @@ class WebhookReceiver:
         if self._already_seen(delivery_id, now):
             return Answer(200, "duplicate", f"delivery {delivery_id} was received before")
         return self._act(body)
+
+    def _forward(self, lower: Mapping[str, str], body: bytes) -> Answer:
+        """A standby's answer: the active replica's, to the same delivery."""
+        refused = Answer(503, "not_leader", "this operator replica is not the active one")
+        if FORWARDED_HEADER.lower() in lower:
+            return refused  # one hop: the replica that forwarded it took us for the leader
+        address = self._active_address()
+        if not address:
+            return refused
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]")
+        headers = {h: lower[h.lower()] for h in _FORWARDED if h.lower() in lower}
+        headers[FORWARDED_HEADER] = self._name
+        connection = http.client.HTTPConnection(host, int(port), timeout=FORWARD_TIMEOUT)
+        try:
+            connection.request("POST", Hook.PATH, body=body, headers=headers)
+            response = connection.getresponse()
+            status, data = response.status, response.read(MAX_BODY)
+        except (OSError, http.client.HTTPException) as error:
+            return Answer(
+                503, "not_leader", f"{refused.message}, and the active one at {address} "
+                f"did not answer: {error}",
+            )  # fmt: skip
+        finally:
+            connection.close()
+        try:
+            message = str(json.loads(data).get("message", ""))
+        except (ValueError, AttributeError):
+            message = data[:200].decode(errors="replace")
+        return Answer(status, "forwarded", f"forwarded to the active replica: {message}")
 
     def _already_seen(self, delivery_id: str, now: float) -> bool:
         with self._lock:

@@ -4,6 +4,7 @@ takes over within 30 s, reconciles what changed meanwhile, and no child is dupli
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +22,7 @@ from kubernetes import client
 from mlflow import MlflowClient
 
 from modelyard.core import contracts as c
+from modelyard.operator.webhooks import WEBHOOK_ADDRESS_ANNOTATION, signature
 from tests.support.kube import ModelDeployments, wait_for
 from tests.support.servers import free_port, log_tail, subprocess_env
 
@@ -34,6 +36,33 @@ RENEW_DEADLINE = LEASE_DURATION * 2 / 3
 RETRY_PERIOD = max(0.5, LEASE_DURATION / 6)
 #: What the issue asks of a handover after the leader was killed.
 HANDOVER_LIMIT = 30.0
+WEBHOOK_SECRET = "ha-webhook-secret"
+
+
+def deliver(port: int, model: str) -> httpx.Response:
+    """MLflow's delivery of an alias move, signed, to one replica's webhook port."""
+    body = json.dumps(
+        {
+            "entity": "model_version_alias",
+            "action": "created",
+            "timestamp": "2026-12-03T05:00:00+00:00",
+            "data": {"name": model, "alias": "champion", "version": "1"},
+        }
+    ).encode()
+    delivery, stamp = str(uuid.uuid4()), str(int(time.time()))
+    return httpx.post(
+        f"http://127.0.0.1:{port}{c.RegistryWebhook.PATH}",
+        content=body,
+        headers={
+            "Content-Type": "application/json",
+            c.RegistryWebhook.DELIVERY_ID_HEADER: delivery,
+            c.RegistryWebhook.TIMESTAMP_HEADER: stamp,
+            c.RegistryWebhook.SIGNATURE_HEADER: signature(
+                WEBHOOK_SECRET.encode(), delivery, stamp, body
+            ),
+        },
+        timeout=10,
+    )
 
 
 @dataclass
@@ -45,6 +74,7 @@ class Replica:
     log: Path
     metrics_port: int = field(default_factory=free_port)
     health_port: int = field(default_factory=free_port)
+    webhook_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, namespace: str) -> None:
@@ -60,7 +90,10 @@ class Replica:
                 stderr=subprocess.STDOUT,
                 env=subprocess_env(
                     MODELYARD_POD_NAME=self.name,
+                    MODELYARD_POD_IP="127.0.0.1",
                     MODELYARD_METRICS_PORT=str(self.metrics_port),
+                    MODELYARD_WEBHOOK_PORT=str(self.webhook_port),
+                    MODELYARD_WEBHOOK_SECRET=WEBHOOK_SECRET,
                     **self.env,
                 ),
             )
@@ -215,6 +248,15 @@ def test_one_replica_acts_and_the_other_takes_over_when_it_is_killed(
     assert standby.metric("modelyard_operator_api_writes_total") == 0
     assert standby.metric("modelyard_operator_reconciles_total") == 0
     assert "stands by for the Lease" in standby.log.read_text()
+    # A registry webhook the Service sent to the standby: it forwards it to the leader
+    # (the address the leader announced on the Lease), which acts on it.
+    announced = (k8s.lease(lease_name).metadata.annotations or {}).get(WEBHOOK_ADDRESS_ANNOTATION)
+    assert announced == f"127.0.0.1:{leader.webhook_port}", announced
+    answer = deliver(standby.webhook_port, model.name)
+    assert answer.status_code == 200, answer.text
+    assert "forwarded to the active replica" in answer.json()["message"], answer.text
+    assert leader.metric("modelyard_operator_webhook_deliveries_total", outcome="accepted") == 1
+    assert standby.metric("modelyard_operator_webhook_deliveries_total", outcome="forwarded") == 1
 
     # The leader dies without a word (no release of the Lease).
     assert leader.proc is not None

@@ -117,3 +117,26 @@ def test_a_leader_that_cannot_renew_stops_before_another_may_take_over(
     spec = client.CoordinationV1Api(api_client).read_namespaced_lease(lease, namespace).spec
     assert spec.holder_identity == "other"
     assert spec.lease_transitions == 1
+
+
+def test_the_holder_announces_its_webhook_address_and_standbys_read_it(
+    api_client: Any, namespace: str
+) -> None:
+    """What the holder writes on the Lease (where it takes MLflow's webhooks) is what a
+    standby reads when it tries; nobody announces anything once the Lease is released."""
+    from modelyard.operator.webhooks import WEBHOOK_ADDRESS_ANNOTATION as KEY
+
+    lease = f"hooks-{uuid.uuid4().hex[:6]}"
+    first = elector(api_client, namespace, lease, "first", annotations={KEY: "10.0.0.7:8082"})
+    second = elector(api_client, namespace, lease, "second", annotations={KEY: "10.0.0.8:8082"})
+    assert first.try_acquire_or_renew(5)
+    assert not second.try_acquire_or_renew(5)
+    assert second.holder_annotation(KEY) == "10.0.0.7:8082"
+    assert first.holder_annotation(KEY) is None  # it is the holder itself
+    assert first.try_acquire_or_renew(5)  # a renewal (one write) keeps the annotation
+    read = client.CoordinationV1Api(api_client).read_namespaced_lease(lease, namespace)
+    assert (read.metadata.annotations or {}).get(KEY) == "10.0.0.7:8082"
+    assert first.release()
+    assert second.try_acquire_or_renew(5)  # it takes the released Lease at once
+    assert first.try_acquire_or_renew(5) is False
+    assert first.holder_annotation(KEY) == "10.0.0.8:8082"

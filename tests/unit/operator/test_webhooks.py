@@ -14,7 +14,7 @@ import pytest
 from modelyard.core.contracts import DEPLOYED_TAG_PREFIX, RegistryWebhook
 from modelyard.operator.metrics import OperatorMetrics
 from modelyard.operator.settings import OperatorSettings
-from modelyard.operator.webhooks import WebhookReceiver, signature
+from modelyard.operator.webhooks import WebhookReceiver, signature, webhook_address
 
 SECRET = "s3cret-shared-with-mlflow"
 
@@ -24,11 +24,18 @@ class Receiving:
         self.models: list[str] = []
         self.metrics = OperatorMetrics()
         self.leader = leader
+        #: What the Lease says about the active replica (a standby forwards there).
+        self.active: str | None = None
         self.receiver = WebhookReceiver(
-            SECRET, self.models.append, self.metrics, is_leader=lambda: self.leader
+            SECRET,
+            self.models.append,
+            self.metrics,
+            is_leader=lambda: self.leader,
+            active_address=lambda: self.active,
+            name=f"replica-{uuid.uuid4().hex[:4]}",
         )
-        port = self.receiver.serve(0, "127.0.0.1")
-        self.url = f"http://127.0.0.1:{port}{RegistryWebhook.PATH}"
+        self.port = self.receiver.serve(0, "127.0.0.1")
+        self.url = f"http://127.0.0.1:{self.port}{RegistryWebhook.PATH}"
 
     def post(
         self,
@@ -191,6 +198,47 @@ def test_a_replica_that_is_not_active_asks_for_a_retry() -> None:
         assert receiving.models == []
     finally:
         receiving.receiver.close()
+
+
+def test_a_standby_forwards_a_delivery_to_the_active_replica_once() -> None:
+    """The Service sends a delivery to the standby: it hands it, as signed, to the
+    replica the Lease names, and answers what that one answered; a forged one is refused
+    there just the same; a replica never forwards a forwarded delivery again."""
+    active, standby = Receiving(leader=True), Receiving(leader=False)
+    try:
+        standby.active = webhook_address("127.0.0.1", active.port)
+        answer = standby.post(alias_moved("churn"))
+        assert answer.status_code == 200, answer.text
+        assert "forwarded to the active replica" in answer.json()["message"]
+        assert active.models == ["churn"] and standby.models == []
+        assert active.count("accepted") == 1 and standby.count("forwarded") == 1
+        forged = standby.post(alias_moved("churn"), secret="not-the-secret")
+        assert forged.status_code == 401, forged.text
+        assert active.count("forged") == 1 and active.models == ["churn"]
+        # Both take the other for the active one (a Lease read just before a handover):
+        # one hop, then 503, never a loop.
+        active.leader = False
+        active.active = webhook_address("127.0.0.1", standby.port)
+        looped = standby.post(alias_moved("churn"))
+        assert looped.status_code == 503, looped.text
+        assert active.count("not_leader") == 1
+    finally:
+        active.receiver.close()
+        standby.receiver.close()
+
+
+def test_a_standby_whose_active_replica_is_gone_asks_for_a_retry() -> None:
+    standby = Receiving(leader=False)
+    gone = Receiving(leader=True)
+    gone.receiver.close()
+    try:
+        standby.active = webhook_address("127.0.0.1", gone.port)
+        answer = standby.post(alias_moved("churn"))
+        assert answer.status_code == 503, answer.text
+        assert f"the active one at 127.0.0.1:{gone.port} did not answer" in answer.text
+        assert webhook_address("fd00::5", 8443) == "[fd00::5]:8443"
+    finally:
+        standby.receiver.close()
 
 
 def test_a_replica_answers_503_until_its_scheduler_is_attached(hook: Receiving) -> None:
