@@ -4,7 +4,8 @@
 # (ingest -> features -> train -> register -> alias "champion"), a ModelDeployment
 # serving it, and a prediction asked from a pod through its Service.
 #
-# CLUSTER=kind uses kind where a Docker engine runs; otherwise the built-in cluster.
+# CLUSTER=local (the default) is the built-in cluster; CLUSTER=kind uses kind (a Docker
+# engine must run). The choice is never made for you: a running Docker engine changes nothing.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,9 +20,12 @@ t0=$SECONDS
 
 step() { printf '\n\033[1m==> [%3ss] %s\033[0m\n' "$((SECONDS - t0))" "$*"; }
 
-if [[ $cluster == local ]] && command -v docker >/dev/null 2>&1 && docker info >/dev/null 2>&1; then
-  cluster=kind
-fi
+case $cluster in
+  local) echo "[demo] on the built-in cluster (CLUSTER=local, the default; CLUSTER=kind for kind)" ;;
+  kind) echo "[demo] on kind (CLUSTER=kind; needs a running Docker engine; untested here, see README)" ;;
+  *) echo "[demo] ERROR: CLUSTER=$cluster: use CLUSTER=local (the built-in cluster) or CLUSTER=kind" >&2
+     exit 2 ;;
+esac
 
 step "cluster ($cluster)"
 if [[ $cluster == kind ]]; then
