@@ -32,6 +32,7 @@ import time
 import urllib.parse
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
@@ -237,8 +238,20 @@ def serve_storage(url: str, host: str, port: int) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = open_storage(url, StudySettings())
-        logger.info("study storage %s on %s:%d", redact_uri(url), host, port)
-        optuna.storages.run_grpc_proxy_server(storage, host=host, port=port)
+        # A worker claims a waiting trial by moving it to RUNNING, which must succeed for
+        # one worker only. Optuna reads the trial's state "for update" first: a row lock
+        # in PostgreSQL or MySQL, nothing in SQLite. So over SQLite the proxy answers one
+        # call at a time (its default is 10 threads: two workers took the same trial).
+        serial = url.startswith("sqlite")
+        pool = ThreadPoolExecutor(max_workers=1) if serial else None
+        logger.info(
+            "study storage %s on %s:%d%s",
+            redact_uri(url),
+            host,
+            port,
+            " (one call at a time: SQLite has no row locks)" if serial else "",
+        )
+        optuna.storages.run_grpc_proxy_server(storage, host=host, port=port, thread_pool=pool)
 
 
 def suggest(trial: Any, space: dict[str, Param]) -> dict[str, Any]:

@@ -172,3 +172,58 @@ def test_three_workers_one_killed_the_study_completes_and_the_best_is_registered
     assert by_trial[killed].data.tags["modelyard.trial_state"] == "FAIL"
     assert by_trial[best.number].data.tags["modelyard.trial_state"] == "COMPLETE"
     assert "trial_seconds" in by_trial[best.number].data.metrics
+
+
+def test_workers_claiming_at_once_through_the_proxy_take_each_trial_once(
+    tmp_path: Path,
+) -> None:
+    """Many workers claim the budget's waiting trials at the same moment through the
+    proxy on SQLite (which has no row locks): each trial is run by exactly one worker.
+    (CI once saw two workers run the same trial: 17 trial runs for a budget of 16.)"""
+    import threading
+
+    from modelyard.pipelines.tune import _claim
+
+    port = free_port()
+    proxy = subprocess.Popen(
+        [MODELYARD, "pipeline", "study-storage", "--url", f"sqlite:///{tmp_path / 'claims.db'}",
+         "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    budget, workers, rounds = 24, 6, 4
+    try:
+        setup = optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=port)
+        setup.wait_server_ready(timeout=60)
+        claimed: list[int] = []
+        lock = threading.Lock()
+        for round_ in range(rounds):
+            name = f"claims-{round_}"
+            study = optuna.create_study(study_name=name, storage=setup)
+            for _ in range(budget):
+                study.enqueue_trial({})
+            start = threading.Barrier(workers)
+            mine: list[int] = []
+
+            def work(
+                name: str = name, start: threading.Barrier = start, mine: list[int] = mine
+            ) -> None:
+                storage = optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=port)
+                loaded = optuna.load_study(study_name=name, storage=storage)
+                study_id = storage.get_study_id_from_name(name)
+                start.wait()
+                while (taken := _claim(loaded, storage, study_id)) is not None:
+                    with lock:
+                        mine.append(taken[0].number)
+
+            threads = [threading.Thread(target=work) for _ in range(workers)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            assert sorted(mine) == list(range(budget)), sorted(mine)
+            claimed.extend(mine)
+        assert len(claimed) == budget * rounds
+    finally:
+        proxy.terminate()
+        out, _ = proxy.communicate(timeout=30)
+        print(out[-2000:])
