@@ -1,8 +1,9 @@
 """Upgrade from the previous release to this tree, under traffic.
 
 The previous release is a pinned older commit (there are no tags yet): the last one the
-project's CI landed, at an older version. Its tree is cloned once under
-``$MODELYARD_CACHE/previous/``, and its own ``hack/images.sh`` builds and loads its images
+project's CI landed, at an older version. Its tree is exported once (``git archive``,
+fetching the commit first in a shallow clone) under ``$MODELYARD_CACHE/previous/``, and
+its own ``hack/images.sh`` builds and loads its images
 (cached by their inputs' hash, as ours are; with the same locks only the source layers
 differ). The cluster is first put back as that release left it: its CRDs, at its schema.
 
@@ -74,20 +75,45 @@ def git(*args: str, cwd: Path = REPO) -> str:
     return done.stdout.strip()
 
 
+def has_commit(commit: str) -> bool:
+    found = subprocess.run(
+        ["git", "cat-file", "-e", f"{commit}^{{commit}}"],
+        cwd=REPO,
+        capture_output=True,
+        check=False,
+    )
+    return found.returncode == 0
+
+
 def previous_tree() -> Path:
-    """The previous release's tree: a clone of this repository at PREVIOUS, made once."""
+    """The previous release's tree at PREVIOUS (a repository of its own, as images.sh
+    hashes tracked files), made once."""
     tree = cache_dir() / "previous" / PREVIOUS[:12]
-    if (tree / ".git").exists():
-        head = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=tree, capture_output=True, text=True, check=False
-        ).stdout.strip()
-        status = git("status", "--porcelain", "--untracked-files=no", cwd=tree)
-        if head == PREVIOUS and not status:
-            return tree
+    marker = tree / ".git" / "modelyard-previous"
+    if marker.exists() and marker.read_text() == PREVIOUS:
+        return tree
     shutil.rmtree(tree, ignore_errors=True)
-    tree.parent.mkdir(parents=True, exist_ok=True)
-    git("clone", "--quiet", "--no-checkout", str(REPO), str(tree))
-    git("checkout", "--quiet", "--detach", PREVIOUS, cwd=tree)
+    tree.mkdir(parents=True)
+    if not has_commit(PREVIOUS):  # a shallow clone: fetch the commit, else the history
+        for fetch in (
+            ["fetch", "--quiet", "origin", PREVIOUS],
+            ["fetch", "--quiet", "--unshallow"],
+        ):
+            subprocess.run(["git", *fetch], cwd=REPO, capture_output=True, check=False, timeout=600)
+            if has_commit(PREVIOUS):
+                break
+        else:
+            pytest.fail(f"the previous release's commit {PREVIOUS} is not in this clone", False)
+    archive = subprocess.run(
+        ["git", "archive", "--format=tar", PREVIOUS],
+        cwd=REPO, capture_output=True, check=True, timeout=600,
+    )  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True, timeout=600)
+    git("init", "--quiet", cwd=tree)
+    git("add", "--all", cwd=tree)
+    who = ["-c", "user.name=modelyard", "-c", "user.email=e2e@modelyard.invalid"]
+    git(*who, "commit", "--quiet", "--no-verify", "-m", f"release {PREVIOUS}", cwd=tree)
+    marker.write_text(PREVIOUS)
     return tree
 
 
