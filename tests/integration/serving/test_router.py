@@ -326,7 +326,13 @@ def test_a_slow_shadow_does_not_slow_the_clients(
         f" (median {statistics.median(a.seconds for a in plain) * 1000:.1f}ms /"
         f" {statistics.median(a.seconds for a in mirrored) * 1000:.1f}ms)"
     )
-    assert with_shadow < max(2 * base, base + 0.05), "the clients' latency follows the shadow"
-    assert with_shadow < delay / 2
+    # A client that waited for the shadow would take `delay` (2 s) on every request. The
+    # typical request is as fast as without a shadow; the tail, which on 2 shared cores
+    # moves with the extra work of mirroring every request (CI saw 79 ms against 178 ms),
+    # stays far below the shadow's answer time.
+    base_median = statistics.median(a.seconds for a in plain)
+    median = statistics.median(a.seconds for a in mirrored)
+    assert median < max(2 * base_median, base_median + 0.05), "the clients wait for the shadow"
+    assert with_shadow < delay / 4, "the clients' tail follows the shadow"
     # The shadow did get (and answer) the copies, under the clients' request ids.
     assert arrived(shadow, client_ids) >= 0.99 * n
