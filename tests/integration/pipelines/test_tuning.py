@@ -15,6 +15,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,17 +69,27 @@ def study_storage(
     if request.param == "postgresql":
         yield request.param, postgres.url, postgres.url
         return
+    with study_storage_proxy(tmp_path / "studies.db") as (port, reader, proxy):
+        yield request.param, f"grpc://127.0.0.1:{port}", reader
+        assert proxy.poll() is None, "the study storage stopped during the run"
+
+
+@contextmanager
+def study_storage_proxy(
+    database: Path,
+) -> Iterator[tuple[int, Any, subprocess.Popen[str]]]:
+    """`modelyard pipeline study-storage` on an SQLite file, ready: (its port, a client of
+    it, the process); its output is printed when it stops."""
     port = free_port()
     proxy = subprocess.Popen(
-        [MODELYARD, "pipeline", "study-storage", "--url", f"sqlite:///{tmp_path / 'studies.db'}",
+        [MODELYARD, "pipeline", "study-storage", "--url", f"sqlite:///{database}",
          "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        reader = optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=port)
-        reader.wait_server_ready(timeout=60)
-        yield request.param, f"grpc://127.0.0.1:{port}", reader
-        assert proxy.poll() is None, "the study storage stopped during the run"
+        client = optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=port)
+        client.wait_server_ready(timeout=60)
+        yield port, client, proxy
     finally:
         proxy.terminate()
         out, _ = proxy.communicate(timeout=30)
@@ -184,16 +195,8 @@ def test_workers_claiming_at_once_through_the_proxy_take_each_trial_once(
 
     from modelyard.pipelines.tune import _claim
 
-    port = free_port()
-    proxy = subprocess.Popen(
-        [MODELYARD, "pipeline", "study-storage", "--url", f"sqlite:///{tmp_path / 'claims.db'}",
-         "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )  # fmt: skip
     budget, workers, rounds = 24, 6, 4
-    try:
-        setup = optuna.storages.GrpcStorageProxy(host="127.0.0.1", port=port)
-        setup.wait_server_ready(timeout=60)
+    with study_storage_proxy(tmp_path / "claims.db") as (port, setup, _):
         claimed: list[int] = []
         lock = threading.Lock()
         for round_ in range(rounds):
@@ -223,7 +226,3 @@ def test_workers_claiming_at_once_through_the_proxy_take_each_trial_once(
             assert sorted(mine) == list(range(budget)), sorted(mine)
             claimed.extend(mine)
         assert len(claimed) == budget * rounds
-    finally:
-        proxy.terminate()
-        out, _ = proxy.communicate(timeout=30)
-        print(out[-2000:])
