@@ -83,6 +83,10 @@ class Answer:
     message: str
 
 
+#: A standby's answer when it cannot hand the delivery on (MLflow retries a 503).
+NOT_ACTIVE = Answer(503, "not_leader", "this operator replica is not the active one")
+
+
 def signature(secret: bytes, delivery_id: str, timestamp: str, body: bytes) -> str:
     """MLflow's ``X-MLflow-Signature`` of a delivery."""
     signed = f"{delivery_id}.{timestamp}.".encode() + body
@@ -184,12 +188,11 @@ class WebhookReceiver:
 
     def _forward(self, lower: Mapping[str, str], body: bytes) -> Answer:
         """A standby's answer: the active replica's, to the same delivery."""
-        refused = Answer(503, "not_leader", "this operator replica is not the active one")
         if FORWARDED_HEADER.lower() in lower:
-            return refused  # one hop: the replica that forwarded it took us for the leader
+            return NOT_ACTIVE  # one hop: the replica that forwarded it took us for the leader
         address = self._active_address()
         if not address:
-            return refused
+            return NOT_ACTIVE
         host, _, port = address.rpartition(":")
         host = host.strip("[]")
         headers = {h: lower[h.lower()] for h in _FORWARDED if h.lower() in lower}
@@ -201,7 +204,7 @@ class WebhookReceiver:
             status, data = response.status, response.read(MAX_BODY)
         except (OSError, http.client.HTTPException) as error:
             return Answer(
-                503, "not_leader", f"{refused.message}, and the active one at {address} "
+                503, "not_leader", f"{NOT_ACTIVE.message}, and the active one at {address} "
                 f"did not answer: {error}",
             )  # fmt: skip
         finally:
@@ -244,7 +247,7 @@ class WebhookReceiver:
             return Answer(200, "ignored", f"tag {key} is the operator's own")
         poke = self._on_model
         if poke is None:  # detached meanwhile (the replica stopped acting)
-            return Answer(503, "not_leader", "this operator replica is not the active one")
+            return NOT_ACTIVE
         poke(model)
         logger.info("webhook %s for model %s: re-resolving its references now", event, model)
         return Answer(
