@@ -8,6 +8,8 @@
 #                                  # the S3-compatible server of tests/support/s3.py)
 #   hack/build-tools.sh node       # also kubelet, kube-proxy, crictl, CoreDNS and
 #                                  # kube-network-policies (NODE=1)
+#   hack/build-tools.sh kind       # the node's binaries and kubeadm (the kind node image,
+#                                  # hack/kind.sh image)
 #   hack/build-tools.sh cli        # only kubectl and helm (what the unit tests run)
 set -euo pipefail
 
@@ -72,14 +74,21 @@ k8s_ldflags() {
 }
 
 k8s_cmds=(kube-apiserver kube-controller-manager kube-scheduler kubectl)
-if [[ ${1:-} == node ]]; then
+mode=${1:-}
+if [[ $mode == node ]]; then
   k8s_cmds+=(kube-proxy kubelet)
+elif [[ $mode == kind ]]; then
+  k8s_cmds+=(kube-proxy kubelet kubeadm)
 elif [[ ${1:-} == cli ]]; then
   k8s_cmds=(kubectl)
 fi
 
 if [[ ${1:-} != cli ]]; then
   build etcd etcd "$etcd_version" go.etcd.io/etcd/server/v3 -ldflags "-s -w"
+fi
+if [[ $mode == kind ]]; then
+  # For the kind node's etcd image, which has no C library (FROM scratch).
+  CGO_ENABLED=0 build etcd etcd-static "$etcd_version" go.etcd.io/etcd/server/v3 -ldflags "-s -w"
 fi
 for c in "${k8s_cmds[@]}"; do
   if [[ $c == kubelet ]]; then
@@ -97,7 +106,7 @@ if [[ ${1:-} != cli ]]; then
   CGO_ENABLED=0 build seaweedfs weed "$seaweedfs_version" \
     github.com/seaweedfs/seaweedfs/weed -ldflags "-s -w"
 fi
-if [[ ${1:-} == node ]]; then
+if [[ $mode == node || $mode == kind ]]; then
   CGO_ENABLED=0 build crictl crictl "$crictl_version" sigs.k8s.io/cri-tools/cmd/crictl \
     -ldflags "-s -w"
   CGO_ENABLED=0 build coredns coredns "$coredns_version" github.com/coredns/coredns \

@@ -22,7 +22,7 @@ step() { printf '\n\033[1m==> [%3ss] %s\033[0m\n' "$((SECONDS - t0))" "$*"; }
 
 case $cluster in
   local) echo "[demo] on the built-in cluster (CLUSTER=local, the default; CLUSTER=kind for kind)" ;;
-  kind) echo "[demo] on kind (CLUSTER=kind; needs a running Docker engine; untested here, see README)" ;;
+  kind) echo "[demo] on kind (CLUSTER=kind: a Docker engine, started if none runs, and a kind node; see README)" ;;
   *) echo "[demo] ERROR: CLUSTER=$cluster: use CLUSTER=local (the built-in cluster) or CLUSTER=kind" >&2
      exit 2 ;;
 esac
@@ -31,9 +31,13 @@ step "cluster ($cluster)"
 if [[ $cluster == kind ]]; then
   hack/kind.sh up
   export KUBECONFIG=$root/.cluster/kind.kubeconfig
+  env_hint="export KUBECONFIG=$root/.cluster/kind.kubeconfig PATH=${MODELYARD_CACHE:-$HOME/.cache/modelyard}/bin:\$PATH"
+  down_hint="hack/kind.sh down"
 else
   NODE=1 hack/cluster.sh up
   eval "$(hack/cluster.sh env)"
+  env_hint='eval "$(make -s cluster-env)"'
+  down_hint="make cluster-down"
 fi
 export PATH=${MODELYARD_CACHE:-$HOME/.cache/modelyard}/bin:$PATH
 
@@ -114,7 +118,7 @@ kubectl -n "$ns" delete pod demo-predict --ignore-not-found >/dev/null
 step "done in $((SECONDS - t0))s"
 cat <<EOF
 Send more:
-  eval "\$(make -s cluster-env)"
+  $env_hint
   kubectl -n $ns port-forward svc/churn 8000:80 &
   curl -s localhost:8000/invocations -H 'Content-Type: application/json' \
     -d @.modelyard/demo-request.json
@@ -124,5 +128,5 @@ Send more:
 
 Clean up:
   helm uninstall $release -n $ns && kubectl delete namespace $ns
-  make cluster-down
+  $down_hint
 EOF

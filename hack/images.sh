@@ -3,8 +3,8 @@
 #
 #   hack/images.sh build      build the images (docker build with a Docker engine,
 #                             else buildah from a debootstrap base image)
-#   hack/images.sh load       load them into the node: `kind load` on kind, else
-#                             `ctr import` into the built-in node's containerd
+#   hack/images.sh load       load them into the node: `ctr import` into its containerd
+#                             (the built-in node's, or the kind node's through docker exec)
 #   hack/images.sh            both
 #   hack/images.sh pin        record the base image's Debian package versions that the
 #                             archive serves today in hack/base-packages.lock
@@ -270,33 +270,39 @@ build() {
 }
 
 # -------------------------------------------------------------------------- loading
+# node_ctr ARGS...: ctr on the node's containerd, in the CRI's namespace. The one place that
+# knows how each cluster is reached: the built-in node's own socket, or `docker exec` into
+# the kind node (hack/kind.sh node names it), where containerd has the default socket.
+node_ctr() {
+  if [[ $cluster == kind ]]; then
+    docker exec -i "$("$root/hack/kind.sh" node)" ctr --namespace=k8s.io "$@"
+  else
+    local sock
+    sock=$(cat "$dir/containerd/address" 2>/dev/null || true)
+    [[ -S $sock ]] || die "no node containerd (socket ${sock:-unknown}): start the cluster with NODE=1"
+    ctr -a "$sock" --namespace=k8s.io "$@"
+  fi
+}
+
 ctr_import() { # ctr_import ARCHIVE IMAGE: import unless the node has this very archive
-  local sock want
-  sock=$(cat "$dir/containerd/address" 2>/dev/null || true)
-  [[ -S $sock ]] || die "no node containerd (socket ${sock:-unknown}): start the cluster with NODE=1"
+  local want
   want=$(basename "$1")
   set -- "$1" "$(qualified "$2")"
   # A label on the image remembers which archive (inputs hash) it came from.
-  if ctr -a "$sock" -n k8s.io images ls "name==$2" 2>/dev/null \
-    | grep -q "modelyard.io/archive=$want"; then
+  if node_ctr images ls "name==$2" 2>/dev/null | grep -q "modelyard.io/archive=$want"; then
     return
   fi
   log "importing $2 into the node"
-  ctr -a "$sock" -n k8s.io images import "$1" >/dev/null
-  ctr -a "$sock" -n k8s.io images label "$2" "modelyard.io/archive=$want" >/dev/null
+  node_ctr images import --all-platforms - <"$1" >/dev/null
+  node_ctr images label "$2" "modelyard.io/archive=$want" >/dev/null
 }
 
 load() {
-  if [[ $cluster == kind ]]; then
-    local name=${KIND_CLUSTER_NAME:-modelyard}
-    "$bin/kind" load image-archive --name "$name" "$(build_dockerfile "$operator_image" operator)"
-    "$bin/kind" load image-archive --name "$name" "$(build_dockerfile "$server_image" server)"
-    "$bin/kind" load image-archive --name "$name" "$(build_dockerfile "$toolkit_image" toolkit)"
-    "$bin/kind" load image-archive --name "$name" "$(build_dockerfile "$router_image" router)"
-    return
+  if [[ $cluster != kind ]]; then
+    # The kind node has these in its image (hack/kind.sh image).
+    ctr_import "$(pause_archive)" "$pause_image"
+    ctr_import "$(coredns_archive)" "modelyard/coredns:$(readlink "$bin/coredns" | sed 's/.*coredns-//')"
   fi
-  ctr_import "$(pause_archive)" "$pause_image"
-  ctr_import "$(coredns_archive)" "modelyard/coredns:$(readlink "$bin/coredns" | sed 's/.*coredns-//')"
   ctr_import "$(build_dockerfile "$operator_image" operator)" "$operator_image"
   ctr_import "$(build_dockerfile "$server_image" server)" "$server_image"
   ctr_import "$(build_dockerfile "$toolkit_image" toolkit)" "$toolkit_image"

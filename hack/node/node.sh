@@ -175,50 +175,33 @@ knp_queue_rules() {
     -m conntrack --ctstate NEW -j NFQUEUE --queue-num 98 --queue-bypass
 }
 
+# The pods' traffic through the host's FORWARD chain is accepted by rules of the node's
+# own, so a FORWARD policy of DROP (set by a Docker engine that turned forwarding on
+# itself) does not cut the pods off. Appended: they decide only what nothing else did.
+forward_rules() {
+  local comment="name: \"$cni_network\" forward" flag
+  for flag in -s -d; do
+    iptables -C FORWARD "$flag" "$cluster_cidr" -m comment --comment "$comment" -j ACCEPT \
+      2>/dev/null || iptables -A FORWARD "$flag" "$cluster_cidr" -m comment --comment "$comment" -j ACCEPT
+  done
+}
+
 coredns_ready() {
   kubectl_ -n kube-system get deploy coredns -o jsonpath='{.status.availableReplicas}' \
     2>/dev/null | grep -q '^[1-9]'
 }
 
-# Local PersistentVolumes for a no-provisioner default StorageClass: a PVC of the default
-# class binds to one when its pod is scheduled. World-writable, because restricted pods
-# run as non-root and fsGroup does not apply to local volumes.
+# Local PersistentVolumes for a no-provisioner default StorageClass (hack/node/volumes.sh,
+# shared with the kind node image): a PVC of the default class binds to one when its pod
+# is scheduled.
 node_volumes() {
-  kubectl_ apply -f - >/dev/null <<EOF
-apiVersion: storage.k8s.io/v1
-kind: StorageClass
-metadata:
-  name: standard
-  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
-provisioner: kubernetes.io/no-provisioner
-volumeBindingMode: WaitForFirstConsumer
-reclaimPolicy: Retain
-EOF
-  local i name path
+  local i
   for i in $(seq -w 1 "$volumes"); do
-    name=local-pv-$i
-    path=$dir/volumes/$name
-    mkdir -p "$path"
-    chmod 0777 "$path"
-    kubectl_ apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: PersistentVolume
-metadata:
-  name: $name
-  labels: {modelyard.io/local-volume: "true"}
-spec:
-  capacity: {storage: 50Gi}
-  accessModes: [ReadWriteOnce]
-  persistentVolumeReclaimPolicy: Retain
-  storageClassName: standard
-  local: {path: $path}
-  nodeAffinity:
-    required:
-      nodeSelectorTerms:
-        - matchExpressions:
-            - {key: kubernetes.io/hostname, operator: In, values: [$node_name]}
-EOF
+    mkdir -p "$dir/volumes/local-pv-$i"
+    chmod 0777 "$dir/volumes/local-pv-$i"
   done
+  "$root/hack/node/volumes.sh" "$volumes" "$dir/volumes" "kubernetes.io/hostname=$node_name" |
+    kubectl_ apply -f - >/dev/null
 }
 
 node_up() {
@@ -229,6 +212,7 @@ node_up() {
   touch "$run/node"
   node_certs
   node_sysctls
+  forward_rules
   node_config
   start containerd containerd --config "$dir/containerd/config.toml"
   wait_for containerd 30 ctr -a "$containerd_sock" version
@@ -246,7 +230,7 @@ node_up() {
   node_volumes
   local knp_v
   knp_v=$(readlink "$bin/kube-network-policies" | sed 's/.*kube-network-policies-//')
-  sed -e "s|@KNP_IMAGE@|modelyard/kube-network-policies:$knp_v|" -e "s|@NODE_NAME@|$node_name|" \
+  sed -e "s|@KNP_IMAGE@|modelyard/kube-network-policies:$knp_v|" \
     "$root/hack/node/kube-network-policies.yaml" | kubectl_ apply -f - >/dev/null
   knp_queue_rules
   wait_for "CoreDNS" 120 coredns_ready
