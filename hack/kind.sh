@@ -100,12 +100,17 @@ k8s_version() { modver kubernetes k8s.io/kubernetes; }
 etcd_tag() { modver etcd go.etcd.io/etcd/server/v3; }
 coredns_tag() { modver coredns github.com/coredns/coredns; }
 
+# kube-proxy programs iptables and clears conntrack entries with these tools.
+kube_proxy_packages="iptables=1.8.9-2 conntrack=1:1.4.7-1+b2"
+
 # component_image IMAGE BINARY [FROM]: a control-plane image kubeadm runs by name, with
 # the binary at /usr/local/bin (static pods name the command, not a path); root, as
-# kubeadm's static pods expect. FROM defaults to scratch (static binaries).
+# kubeadm's static pods expect. FROM is scratch (static binaries) or kube-proxy (the base
+# image with kube_proxy_packages).
 component_image() {
   local image=$1 file=$2 from=${3:-scratch} hash archive ctr
-  hash=$( (sha256sum "$file" | cut -c1-64; echo "$from") | sha256sum | cut -c1-16)
+  hash=$( (sha256sum "$file" | cut -c1-64; echo "$from"
+    [[ $from == scratch ]] || echo "$kube_proxy_packages") | sha256sum | cut -c1-16)
   archive=$(archive_of "$image" "$hash")
   if [[ ! -f $archive ]]; then
     log "building $image"
@@ -113,11 +118,9 @@ component_image() {
     if [[ $from == kube-proxy ]]; then
       base
       ctr=$(buildah from --pull=never "$base_image")
-      # kube-proxy programs iptables and clears conntrack entries with the tools.
-      buildah run --network host "$ctr" -- sh -c 'apt-get update -qq && \
+      buildah run --network host "$ctr" -- sh -c "apt-get update -qq && \
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-        iptables=1.8.9-2 conntrack=1:1.4.7-1+b2 >/dev/null && apt-get clean && \
-        rm -rf /var/lib/apt/lists/*' >&2
+        $kube_proxy_packages >/dev/null && apt-get clean && rm -rf /var/lib/apt/lists/*" >&2
     else
       ctr=$(buildah from scratch)
     fi
@@ -130,8 +133,6 @@ component_image() {
   fi
   echo "$archive"
 }
-
-node_image_tag() { cat "$cache/build/kind-node.tag" 2>/dev/null || true; }
 
 build_node_image() {
   "$root/hack/build-tools.sh" kind >&2
@@ -147,8 +148,10 @@ build_node_image() {
   # NetworkPolicy, as on the built-in node (kindest/node has it in kindnetd).
   archives+=("$(knp_archive)")
   # The build context: the Dockerfile, its files, the binaries and the image archives.
-  stage=$cache/build/kind-node
-  rm -rf "$stage"
+  mkdir -p "$cache/build"
+  stage=$(mktemp -d "$cache/build/kind-node.XXXXXX")
+  # shellcheck disable=SC2064 # the path is fixed now
+  trap "rm -rf '$stage'" EXIT
   mkdir -p "$stage/bin" "$stage/images" "$stage/files/kind/manifests" "$stage/files/kind"
   cp -a "$root/hack/kind/node/Dockerfile" "$stage/"
   cp -a "$root/hack/kind/node/files/." "$stage/files/"
@@ -177,7 +180,6 @@ build_node_image() {
     mv "$archive.tmp" "$archive"
     log "built $tag in $((SECONDS - t0))s"
   fi
-  echo "$tag" >"$cache/build/kind-node.tag"
   if ! docker image inspect "$tag" >/dev/null 2>&1; then
     log "loading $tag into Docker"
     docker load -i "$archive" >/dev/null
