@@ -78,7 +78,10 @@ def toolkit_image() -> str:
 
 
 #: A retraining pipeline for the production loop: the sample churn pipeline, but the
-#: challenger always becomes champion (margin -1): a person approves what goes live.
+#: challenger always becomes champion (margin -1): a person approves what goes live. Its
+#: train step asks for half a CPU, not the sample's one: the loop runs it beside three
+#: model servers, MLflow and two operators on a 2-core node, and on kind the control
+#: plane shares that node (with 1 CPU the step stayed Pending there: Insufficient cpu).
 RETRAIN_PIPELINE = "churn-retrain"
 #: The images as hack/images.sh loads them into the node (bare names), not the published
 #: release's registry (the chart's default).
@@ -87,11 +90,16 @@ LOCAL_IMAGES = ("--set", "image.registry=")
 
 def retrain_definition(directory: Path) -> Path:
     sample = (REPO / "pipelines" / "samples" / "churn.yaml").read_text()
-    text = sample.replace("name: churn\n", f"name: {RETRAIN_PIPELINE}\n", 1).replace(
-        "parameters: {train_step: train, metric: roc_auc, margin: 0.005}",
-        "parameters: {train_step: train, metric: roc_auc, margin: -1.0}",
+    text = (
+        sample.replace("name: churn\n", f"name: {RETRAIN_PIPELINE}\n", 1)
+        .replace(
+            "parameters: {train_step: train, metric: roc_auc, margin: 0.005}",
+            "parameters: {train_step: train, metric: roc_auc, margin: -1.0}",
+        )
+        .replace('requests: {cpu: "1", memory: 2Gi}', "requests: {cpu: 500m, memory: 2Gi}")
     )
     assert "margin: -1.0" in text and f"name: {RETRAIN_PIPELINE}" in text
+    assert "requests: {cpu: 500m, memory: 2Gi}" in text
     path = directory / f"{RETRAIN_PIPELINE}.yaml"
     path.write_text(text)
     return path
