@@ -5,6 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Tests to run; e.g. `make test PYTEST_ARGS="-k operator -x"`.
 PYTEST_ARGS ?=
+# pytest-xdist processes for the tiers before e2e (a file's tests stay in one process).
+# Those tests mostly wait on their servers: two processes take about 60% of one's time on
+# 2 cores. TEST_WORKERS=0 runs them in this process. The e2e tier shares one node: serial.
+TEST_WORKERS ?= 2
 
 .DEFAULT_GOAL := help
 
@@ -35,7 +39,7 @@ lint: venv ## ruff, mypy (strict) and the import contracts (lint-imports)
 test: venv lint ## Lint, unit, integration and e2e tests (installs and starts what they need)
 	hack/deps.sh
 	hack/build-tools.sh node
-	$(VENV)/bin/pytest tests/unit tests/integration tests/security $(PYTEST_ARGS)
+	$(VENV)/bin/pytest tests/unit tests/integration tests/security -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 	$(MAKE) e2e
 
 security: venv ## The security tier: each attack of docs/security.md against real parts

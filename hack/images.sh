@@ -25,6 +25,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cache=${MODELYARD_CACHE:-$HOME/.cache/modelyard}
 bin=$cache/bin
 store=$cache/images
+# The kind node's container (hack/kind.sh creates it).
+kind_node=${KIND_CLUSTER_NAME:-modelyard}-control-plane
 dir=${CLUSTER_DIR:-$root/.cluster}
 version=$(sed -n 's/^__version__ = "\(.*\)"$/\1/p' "$root/src/modelyard/_version.py")
 pause_image=${PAUSE_IMAGE:-registry.k8s.io/pause:3.10}
@@ -272,10 +274,10 @@ build() {
 # -------------------------------------------------------------------------- loading
 # node_ctr ARGS...: ctr on the node's containerd, in the CRI's namespace. The one place that
 # knows how each cluster is reached: the built-in node's own socket, or `docker exec` into
-# the kind node (hack/kind.sh node names it), where containerd has the default socket.
+# the kind node ($kind_node), where containerd has the default socket.
 node_ctr() {
   if [[ $cluster == kind ]]; then
-    docker exec -i "$("$root/hack/kind.sh" node)" ctr --namespace=k8s.io "$@"
+    docker exec -i "$kind_node" ctr --namespace=k8s.io "$@"
   else
     local sock
     sock=$(cat "$dir/containerd/address" 2>/dev/null || true)

@@ -6,7 +6,11 @@
 #                         the cluster (harmless when it exists); writes
 #                         .cluster/kind.kubeconfig
 #   hack/kind.sh down     delete the cluster (the Docker engine keeps running)
-#   hack/kind.sh image    build the node image only: modelyard/kind-node:<k8s>-<hash>
+#   hack/kind.sh image    build the node image only (modelyard/kind-node:<k8s>-<hash>) and
+#                         load it into the Docker engine
+#   hack/kind.sh prepare  what `up` needs that is slow to make, without starting anything:
+#                         Debian's docker.io installed, kind built, the node image's
+#                         archive built (CI runs it in the background beside the tests)
 #   hack/kind.sh docker   start a Docker engine only (dockerd from Debian's docker.io)
 #   hack/kind.sh node     print the node container's name
 #
@@ -15,19 +19,15 @@
 # inputs like the project's other images. KIND_NODE_IMAGE=kindest/node:... uses kind's
 # own image instead (what GitHub's runners do, .github/workflows/e2e.yaml).
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-cache=${MODELYARD_CACHE:-$HOME/.cache/modelyard}
-bin=$cache/bin
+# The image helpers (base, archive_of, qualified, pause_archive) and the paths they share
+# (root, cache, bin, store, kind_node); sourced, it only defines.
+# shellcheck source=hack/images.sh
+source "$(dirname "$0")/images.sh"
 name=${KIND_CLUSTER_NAME:-modelyard}
-node=$name-control-plane
 kubeconfig=$root/.cluster/kind.kubeconfig
 logs=$root/.cluster/logs
 # Local PersistentVolumes baked into the node (hack/node/volumes.sh), as on the built-in node.
 volumes=${NODE_VOLUMES:-12}
-
-# The image helpers (base, archive_of, qualified, pause_archive); sourced, it only defines.
-# shellcheck source=hack/images.sh
-source "$root/hack/images.sh"
 log() { printf '[kind] %s\n' "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
@@ -56,6 +56,16 @@ caps_missing() {
   (((16#$bounding & 0x1ffffffffff) != 0x1ffffffffff))
 }
 
+docker_package() {
+  command -v dockerd >/dev/null && return
+  [[ $(id -u) == 0 ]] || die "no Docker engine is installed, and installing one needs root"
+  command -v apt-get >/dev/null || die "no Docker engine: install one (or Debian's docker.io)"
+  log "installing Debian's docker.io"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io \
+    >/dev/null
+}
+
 docker_engine() {
   if docker info >/dev/null 2>&1; then
     if caps_missing && ! docker info --format '{{.DefaultRuntime}}' | grep -q capfix; then
@@ -66,13 +76,7 @@ docker_engine() {
     return
   fi
   [[ $(id -u) == 0 ]] || die "no Docker engine runs, and starting one needs root"
-  if ! command -v dockerd >/dev/null; then
-    command -v apt-get >/dev/null || die "no Docker engine: install one (or Debian's docker.io)"
-    log "installing Debian's docker.io"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io \
-      >/dev/null
-  fi
+  docker_package
   # Forwarding already on: dockerd then leaves the FORWARD chain's policy as it is (it sets
   # DROP only when it turns forwarding on itself), so the built-in node's pods keep talking
   # on the same machine. The built-in node accepts its own pod traffic explicitly too.
@@ -136,6 +140,13 @@ component_image() {
 
 build_node_image() {
   "$root/hack/build-tools.sh" kind >&2
+  # The image store's lock, as hack/images.sh takes it: the node image shares the base and
+  # the pause and NetworkPolicy archives with the built-in node's images, and CI builds it
+  # beside the tests (`prepare`).
+  mkdir -p "$store"
+  local lock_fd
+  exec {lock_fd}>"$store/.build.lock"
+  flock "$lock_fd"
   local k8s stage archives=() a
   k8s=$(k8s_version)
   archives+=("$(component_image "registry.k8s.io/kube-apiserver:$k8s" "$bin/kube-apiserver")")
@@ -180,14 +191,20 @@ build_node_image() {
     mv "$archive.tmp" "$archive"
     log "built $tag in $((SECONDS - t0))s"
   fi
+  flock -u "$lock_fd"
+  echo "$tag"
+}
+
+# load_node_image TAG: the built image into the Docker engine, unless it has it.
+load_node_image() {
+  local tag=$1
   if ! docker image inspect "$tag" >/dev/null 2>&1; then
     log "loading $tag into Docker"
-    docker load -i "$archive" >/dev/null
+    docker load -i "$(archive_of "$tag" "${tag##*-}")" >/dev/null
     # Earlier builds' node images are not needed any more (a running node keeps its own).
     docker images --format '{{.Repository}}:{{.Tag}}' modelyard/kind-node | grep -vx "$tag" |
       xargs -r docker rmi >/dev/null 2>&1 || true
   fi
-  echo "$tag"
 }
 
 # ----------------------------------------------------------------------- the cluster
@@ -221,7 +238,12 @@ up() {
   docker_engine
   local kind image
   kind=$(kind_bin)
-  image=${KIND_NODE_IMAGE:-$(build_node_image)}
+  if [[ -n ${KIND_NODE_IMAGE:-} ]]; then
+    image=$KIND_NODE_IMAGE
+  else
+    image=$(build_node_image)
+    load_node_image "$image"
+  fi
   mkdir -p "$root/.cluster" "$logs"
   if ! "$kind" get clusters 2>/dev/null | grep -qx "$name"; then
     local t0=$SECONDS
@@ -256,8 +278,9 @@ up() {
 case ${1:-} in
   up) up ;;
   down) "$(kind_bin)" delete cluster --name "$name" ;;
-  image) docker_engine; build_node_image ;;
+  image) docker_engine; tag=$(build_node_image); load_node_image "$tag"; echo "$tag" ;;
+  prepare) docker_package; kind_bin >/dev/null; build_node_image >/dev/null ;;
   docker) docker_engine ;;
-  node) echo "$node" ;;
+  node) echo "$kind_node" ;;
   *) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

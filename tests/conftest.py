@@ -1,7 +1,8 @@
 """Fixtures shared by every tier: the real servers the tests talk to.
 
 - ``cluster``: the local Kubernetes control plane (``hack/cluster.sh``). A running one is
-  reused; otherwise it is started and stopped again at the end of the session. If it
+  reused; otherwise it is started and stopped again at the end of the run (with
+  pytest-xdist: once, shared by the workers). If it
   cannot start, every test that needs it fails with the components' log tails.
 - ``mlflow_server``: a real ``mlflow server`` process (SQLite store, proxied artifacts).
 - ``s3``: a real S3-compatible server (SeaweedFS, tests/support/s3.py) with credentials;
@@ -12,6 +13,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -27,24 +29,49 @@ from tests.support.servers import REPO, Cluster, MlflowServer, running_mlflow_se
 
 
 # ----------------------------------------------------------------------------- cluster
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
+def _cluster_paths() -> tuple[Path, Path, Path]:
     script = REPO / "hack" / "cluster.sh"
     cluster_dir = Path(os.environ.get("CLUSTER_DIR", REPO / ".cluster"))
     cache = Path(os.environ.get("MODELYARD_CACHE", Path.home() / ".cache" / "modelyard"))
-    started = False
-    if subprocess.run([str(script), "status"], check=False).returncode != 0:
-        up = subprocess.run([str(script), "up"], capture_output=True, text=True, check=False)
-        if up.returncode != 0:
-            pytest.fail(
-                "the local Kubernetes control plane did not start (hack/cluster.sh up):\n"
-                + up.stderr[-6000:],
-                pytrace=False,
-            )
-        started = True
-    yield Cluster(kubeconfig=cluster_dir / "kubeconfig", bin_dir=cache / "bin")
-    if started and not os.environ.get("MODELYARD_KEEP_CLUSTER"):
-        subprocess.run([str(script), "down"], check=False)
+    return script, cluster_dir, cache
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # One token per run, set before pytest-xdist starts its workers (they inherit it):
+    # the process that started the control plane marks it with this token, and the run's
+    # main process stops it at the end, after every worker is done with it.
+    os.environ.setdefault("MODELYARD_TEST_RUN", uuid.uuid4().hex)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    if hasattr(session.config, "workerinput"):
+        return  # a pytest-xdist worker: the main process decides
+    script, cluster_dir, _ = _cluster_paths()
+    marker = cluster_dir / "started-by-test-run"
+    if marker.is_file() and marker.read_text() == os.environ["MODELYARD_TEST_RUN"]:
+        marker.unlink()
+        if not os.environ.get("MODELYARD_KEEP_CLUSTER"):
+            subprocess.run([str(script), "down"], check=False)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Cluster:
+    """The control plane, started once per run: several pytest-xdist workers take a lock,
+    the first starts it, the others find it up."""
+    script, cluster_dir, cache = _cluster_paths()
+    cluster_dir.mkdir(parents=True, exist_ok=True)
+    with (cluster_dir / "test-run.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if subprocess.run([str(script), "status"], check=False).returncode != 0:
+            up = subprocess.run([str(script), "up"], capture_output=True, text=True, check=False)
+            if up.returncode != 0:
+                pytest.fail(
+                    "the local Kubernetes control plane did not start (hack/cluster.sh up):\n"
+                    + up.stderr[-6000:],
+                    pytrace=False,
+                )
+            (cluster_dir / "started-by-test-run").write_text(os.environ["MODELYARD_TEST_RUN"])
+    return Cluster(kubeconfig=cluster_dir / "kubeconfig", bin_dir=cache / "bin")
 
 
 @pytest.fixture(scope="session")
