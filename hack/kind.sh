@@ -62,7 +62,8 @@ docker_package() {
   command -v apt-get >/dev/null || die "no Docker engine: install one (or Debian's docker.io)"
   log "installing Debian's docker.io"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io \
+  DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 apt-get install -y -qq \
+    --no-install-recommends docker.io \
     >/dev/null
 }
 
