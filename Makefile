@@ -7,8 +7,11 @@ PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 # pytest-xdist processes for the tiers before e2e (a file's tests stay in one process).
 # Those tests mostly wait on their servers: two processes take about 60% of one's time on
-# 2 cores. TEST_WORKERS=0 runs them in this process. The e2e tier shares one node: serial.
+# 2 cores. TEST_WORKERS=0 runs them in this process. Tests marked `alone` (a measurement
+# that needs the machine to itself) run after them, in one. The e2e tier shares one node:
+# serial.
 TEST_WORKERS ?= 2
+TIERS := tests/unit tests/integration tests/security
 
 .DEFAULT_GOAL := help
 
@@ -39,7 +42,8 @@ lint: venv ## ruff, mypy (strict) and the import contracts (lint-imports)
 test: venv lint ## Lint, unit, integration and e2e tests (installs and starts what they need)
 	hack/deps.sh
 	hack/build-tools.sh node
-	$(VENV)/bin/pytest tests/unit tests/integration tests/security -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(TIERS) -n $(TEST_WORKERS) --dist loadfile -m 'not alone' $(PYTEST_ARGS)
+	$(VENV)/bin/pytest $(TIERS) -m alone $(PYTEST_ARGS)
 	$(MAKE) e2e
 
 security: venv ## The security tier: each attack of docs/security.md against real parts

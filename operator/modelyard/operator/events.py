@@ -5,6 +5,11 @@ Events are created through the API directly (the same ``v1`` Events ``kubectl de
 shows). A reconcile only queues its Events: posting them inline made every worker wait
 for one more write per Event. The poster's thread sends them in order; an Event that
 cannot be posted is logged, never raised, as before.
+
+While the work queue has new work waiting (:attr:`EventQueue.hold`), Events wait, up to
+``MAX_HOLD`` seconds each: on a busy API server a burst's Events would otherwise take
+turns with the writes that make the resources work. They keep the time they were
+queued at (their timestamps).
 """
 
 from __future__ import annotations
@@ -13,8 +18,9 @@ import datetime as dt
 import logging
 import queue
 import threading
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes import client
@@ -28,6 +34,8 @@ COMPONENT = "modelyard-operator"
 MAX_MESSAGE = 1024
 #: Events waiting to be posted at most; beyond, new ones are dropped (and logged).
 MAX_QUEUED = 10_000
+#: Seconds an Event waits at most while the operator has new work (``EventQueue.hold``).
+MAX_HOLD = 30.0
 
 
 def event_body(body: Mapping[str, Any], type_: str, reason: str, message: str) -> dict[str, Any]:
@@ -67,21 +75,35 @@ class EventQueue:
 
     def __init__(self, api_client: client.ApiClient, timeout: float = 10.0) -> None:
         self.rest = Rest(api_client, timeout)
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(MAX_QUEUED)
+        #: True while Events should wait (the work queue has new work); None: never.
+        self.hold: Callable[[], bool] | None = None
+        self._closing = False
+        self._queue: queue.Queue[tuple[float, dict[str, Any]] | None] = queue.Queue(MAX_QUEUED)
         self._thread = threading.Thread(target=self._run, name="events", daemon=True)
         self._thread.start()
 
     def post(self, body: Mapping[str, Any], type_: str, reason: str, message: str) -> None:
         event = event_body(body, type_, reason, message)
         try:
-            self._queue.put_nowait(event)
+            self._queue.put_nowait((time.monotonic(), event))
         except queue.Full:
             logger.warning(
                 "too many Events waiting: dropped %s about %s", reason, event["metadata"]["name"]
             )
 
+    def _wait_while_held(self, queued: float) -> None:
+        while (
+            self.hold is not None
+            and not self._closing
+            and time.monotonic() - queued < MAX_HOLD
+            and self.hold()
+        ):
+            time.sleep(0.2)
+
     def _run(self) -> None:
-        while (event := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None:
+            queued, event = item
+            self._wait_while_held(queued)
             meta = event["metadata"]
             try:
                 self.rest.request(
@@ -97,5 +119,6 @@ class EventQueue:
 
     def close(self, timeout: float = 10.0) -> None:
         """Post what is queued (for up to ``timeout`` seconds), then stop."""
+        self._closing = True
         self._queue.put(None)
         self._thread.join(timeout)

@@ -149,6 +149,7 @@ def configure(
     scheduler = Scheduler(
         op, queue.add, interval=ours.resolve_interval, parallelism=ours.reconcile_workers
     )
+    events.hold = lambda: queue.new_work > 0
     memo.operator, memo.queue, memo.scheduler = op, queue, scheduler
     memo.leftovers, memo.sweeper = None, None
     if ours.leftover_tags_ref is not None:
@@ -247,9 +248,14 @@ def _on_child(kind: str, event: Mapping[str, Any], body: kopf.Body, memo: kopf.M
     else:
         op.store.put(kind, dict(body))
     owner = _owner_key(body)
-    # The server Deployment's progress moves Ready/Progressing; a deleted child comes back.
-    if owner is not None and (kind == "Deployment" or event.get("type") == "DELETED"):
+    # A deleted child comes back (new work); the server Deployment's progress moves
+    # Ready/Progressing (routine: behind every ModelDeployment with new work).
+    if owner is None:
+        return
+    if event.get("type") == "DELETED":
         memo.queue.add(owner)
+    elif kind == "Deployment":
+        memo.queue.add(owner, routine=True)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels=MANAGED_BY)

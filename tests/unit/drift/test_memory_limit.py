@@ -15,6 +15,10 @@ from modelyard.pipelines.drift import Computation, check_drift, open_data
 from tests.unit.drift.conftest import mixed_frame
 from tests.unit.drift.memory_cgroup import Finished, memory_cgroup
 
+# Peak memory is compared between two runs: measured with the machine to itself, after
+# the tests that run in parallel (`make test`), as it was calibrated.
+pytestmark = pytest.mark.alone
+
 MiB = 2**20
 # The pod's limit and the check's budget in it (the operator passes half the limit; a
 # smaller budget here forces the numerical columns of the large window onto disk).
