@@ -30,8 +30,10 @@ def configure(*, settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = logging.WARNING
 
 
-def _seen(**_: Any) -> None:
-    """Each event is delivered to a handler, as in the real operator; nothing is done."""
+async def _seen(**_: Any) -> None:
+    """Each event is delivered to a handler, as in the real operator; nothing is done.
+    A coroutine, like the operator's cache handlers: kopf runs a plain function in a
+    thread pool, whose threads and their malloc arenas are not kopf's floor."""
 
 
 for group_version, plural, labels in (

@@ -358,6 +358,111 @@ def test_registry_outage_keeps_the_server_running(
     assert k8s.env("steady")["MODELYARD_MODEL_URI"] == f"models:/{model}/1"
 
 
+def test_a_child_the_api_server_refuses_shows_its_message_and_is_retried(
+    k8s: Cluster, operator: Any, register_model: Callable[..., Any], mlflow_server: Any
+) -> None:
+    """A ResourceQuota of zero Services: the API server's own message is Ready's, with a
+    Warning Event; once the quota is gone the retry creates the Service."""
+    k8s.core.create_namespaced_resource_quota(
+        k8s.ns, {"metadata": {"name": "no-services"}, "spec": {"hard": {"services": "0"}}}
+    )
+    wait_for(
+        "the quota controller to count the namespace",
+        lambda: k8s.core.read_namespaced_resource_quota("no-services", k8s.ns).status.hard,
+        timeout=60,
+    )
+    model = register_model(n=1)
+    k8s.create(
+        "quota",
+        {
+            "model": {"name": model.name, "alias": "champion"},
+            "registry": {"trackingUri": mlflow_server.url},
+        },
+    )
+    md = k8s.wait_md(
+        "quota",
+        "Ready=False ApplyFailed",
+        lambda m: condition(m, "Ready").get("reason") == "ApplyFailed",
+    )
+    ready = condition(md, "Ready")
+    assert ready["status"] == "False"
+    assert "exceeded quota: no-services" in ready["message"], ready["message"]
+    assert "Service quota" in ready["message"], ready["message"]
+    # The model resolved: only the apply failed, and kubectl get md says so.
+    assert condition(md, "ModelResolved")["status"] == "True"
+    events = wait_for(
+        "the ApplyFailed Event",
+        lambda: [e for e in k8s.events("quota") if e.startswith("ApplyFailed: ")],
+        timeout=30,
+    )
+    assert "exceeded quota: no-services" in events[0]
+
+    k8s.core.delete_namespaced_resource_quota("no-services", k8s.ns)
+
+    def service() -> bool:
+        found = k8s.core.list_namespaced_service(k8s.ns, field_selector="metadata.name=quota")
+        return bool(found.items)
+
+    wait_for("the Service, retried once the quota is gone", service, timeout=120)
+    k8s.wait_md(
+        "quota",
+        "Ready's reason past ApplyFailed",
+        lambda m: condition(m, "Ready").get("reason") not in (None, "ApplyFailed"),
+        timeout=60,
+    )
+
+
+def test_idle_passes_write_nothing_and_read_each_alias_once(
+    k8s: Cluster,
+    operator: Any,
+    kubelet: Any,
+    register_model: Callable[..., Any],
+    mlflow_server: Any,
+) -> None:
+    """Nothing changes: scheduler passes make no Kubernetes write and no registry write,
+    and read the registry once per distinct alias, however many follow it; a pinned
+    version is not read again at all."""
+    model = register_model(n=1)
+    registry = {"trackingUri": mlflow_server.url}
+    followers = ("idle-a", "idle-b", "idle-c")
+    for name in followers:
+        k8s.create(name, {"model": {"name": model.name, "alias": "champion"}, "registry": registry})
+    k8s.create("idle-pinned", {"model": {"name": model.name, "version": 1}, "registry": registry})
+    for name in (*followers, "idle-pinned"):
+        k8s.wait_md(name, "Ready", lambda m: condition(m, "Ready").get("status") == "True", 60)
+
+    # Settled: no write for a few resolve intervals (the pods' status moves Ready once).
+    last, since = -1.0, time.monotonic()
+    while time.monotonic() - since < 3 * RESOLVE_INTERVAL:
+        now = operator.metric("modelyard_operator_api_writes_total")
+        if now != last:
+            last, since = now, time.monotonic()
+        time.sleep(0.5)
+
+    def counts() -> dict[str, float]:
+        return {
+            "passes": operator.metric("modelyard_operator_scheduler_passes_total"),
+            "api writes": operator.metric("modelyard_operator_api_writes_total"),
+            "resolves": operator.metric(
+                "modelyard_operator_registry_requests_total", kind="resolve"
+            ),
+            "registry requests": operator.metric("modelyard_operator_registry_requests_total"),
+            "reconciles": operator.metric("modelyard_operator_reconciles_total"),
+        }
+
+    before = counts()
+    operator.wait_metric("modelyard_operator_scheduler_passes_total", before["passes"] + 5)
+    after = counts()
+    delta = {k: after[k] - before[k] for k in after}
+    assert delta["api writes"] == 0, delta
+    assert delta["reconciles"] == 0, delta
+    # One alias followed by three: one read per pass (a pass in flight at either end may
+    # add one); no tag write, no lineage read, nothing for the pinned version.
+    assert delta["passes"] <= delta["resolves"] + 1, delta
+    assert delta["resolves"] <= delta["passes"] + 1, delta
+    assert delta["registry requests"] == delta["resolves"], delta
+
+
 def test_operator_restart_changes_no_child(
     k8s: Cluster, kubelet: Any, crd: Any, register_model: Callable[..., Any], mlflow_server: Any
 ) -> None:

@@ -51,6 +51,54 @@ def test_an_object_with_only_others_fields_keeps_none() -> None:
     assert replicas_handover({"kind": "Deployment", "spec": {}}, kept) is None
 
 
+def test_a_reader_changes_its_own_copy_and_an_older_event_is_not_taken() -> None:
+    store = ObjectStore()
+    body = deployment([FIELD_MANAGER], replicas=3)
+    body["metadata"]["uid"] = "u-1"
+    store.put("Deployment", body)
+    first = store.get("Deployment", "ml", "fraud")
+    assert first is not None
+    first["spec"]["replicas"] = 99
+    assert store.get("Deployment", "ml", "fraud") == body  # only the operator's own fields
+    older = deployment([FIELD_MANAGER], replicas=1)
+    older["metadata"].update(uid="u-1", resourceVersion="6")
+    store.put("Deployment", older)
+    kept = store.get("Deployment", "ml", "fraud")
+    assert kept is not None and kept["spec"]["replicas"] == 3
+
+
+def test_items_filter_by_namespace_and_labels_and_come_by_name() -> None:
+    store = ObjectStore()
+    for namespace, name, app in [
+        ("ml", "b", "server"),
+        ("ml", "a", "server"),
+        ("ml", "c", "router"),
+        ("other", "a", "server"),
+    ]:
+        store.put(
+            "Pod", {"metadata": {"namespace": namespace, "name": name, "labels": {"app": app}}}
+        )
+    found = store.items("Pod", namespace="ml", labels={"app": "server"})
+    assert [p["metadata"]["name"] for p in found] == ["a", "b"]
+    assert len(store.items("Pod")) == 4
+
+
+def test_owned_follows_the_controller_and_forgets_removed_children() -> None:
+    store = ObjectStore()
+    ref = {"kind": "ModelDeployment", "name": "fraud", "uid": "md-1", "controller": True}
+    for name in ("fraud", "fraud-router"):
+        store.put(
+            "Deployment", {"metadata": {"namespace": "ml", "name": name, "ownerReferences": [ref]}}
+        )
+    assert [d["metadata"]["name"] for d in store.owned("Deployment", "md-1")] == [
+        "fraud",
+        "fraud-router",
+    ]
+    store.remove("Deployment", "ml", "fraud")
+    assert [d["metadata"]["name"] for d in store.owned("Deployment", "md-1")] == ["fraud-router"]
+    assert store.owned("Deployment", "md-2") == []
+
+
 def test_an_event_is_plain_json_about_its_object() -> None:
     body = {
         "apiVersion": "modelyard.io/v1alpha1",
