@@ -67,7 +67,14 @@ def study_storage(
 ) -> Iterator[tuple[str, str, Any]]:
     """(kind, MODELYARD_STUDY_STORAGE for the workers, the storage for the test to read)."""
     if request.param == "postgresql":
-        yield request.param, postgres.url, postgres.url
+        # One storage, one connection pool, for every read the test makes: a URL given
+        # to load_study makes a new pool each call, and the test's polling then kept
+        # enough idle connections open to fill PostgreSQL's 100 (CI: "too many clients").
+        reader = optuna.storages.RDBStorage(postgres.url)
+        try:
+            yield request.param, postgres.url, reader
+        finally:
+            reader.engine.dispose()
         return
     with study_storage_proxy(tmp_path / "studies.db") as (port, reader, proxy):
         yield request.param, f"grpc://127.0.0.1:{port}", reader
