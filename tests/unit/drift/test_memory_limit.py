@@ -5,6 +5,7 @@ not, gives the numbers of an unbounded run, and its peak does not grow with the 
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,6 +29,8 @@ BUDGET = 64 * MiB
 MEDIUM_ROWS = 6_000_000
 LARGE_ROWS = 12_000_000
 CHUNK_ROWS = 1_000_000
+# Runs per window in the comparison of peaks.
+RUNS = 3
 DRIFTED = frozenset({"cont", "cat"})
 
 CHECK = """
@@ -129,23 +132,31 @@ def test_peak_memory_does_not_grow_with_the_window(
     medium_bytes, large_bytes = windows["medium_bytes"], windows["large_bytes"]
     assert isinstance(medium_bytes, int) and isinstance(large_bytes, int)
 
-    peaks = {}
+    # A run's peak varies with how the reading threads and the allocators interleave
+    # (about 60 MiB from run to run here); the windows are compared on the median of
+    # RUNS runs each, taken in turn.
+    peaks: dict[str, list[int]] = {"medium": [], "large": []}
     with memory_cgroup(LIMIT) as cgroup:
-        for size in ("medium", "large"):
-            done = cgroup.run(
-                CHECK,
-                str(base / "reference.parquet"),
-                str(windows[size]),
-                str(BUDGET),
-                str(tmp_path),
-            )
-            result = _result(done)
-            assert isinstance(result["peak_rss"], int)
-            peaks[size] = result["peak_rss"]
+        for _ in range(RUNS):
+            for size in ("medium", "large"):
+                done = cgroup.run(
+                    CHECK,
+                    str(base / "reference.parquet"),
+                    str(windows[size]),
+                    str(BUDGET),
+                    str(tmp_path),
+                )
+                result = _result(done)
+                assert isinstance(result["peak_rss"], int)
+                peaks[size].append(result["peak_rss"])
+    medium, large = statistics.median(peaks["medium"]), statistics.median(peaks["large"])
 
     # Twice the rows (about 280 MB more data), the same budget: the peak stays about where
-    # the budget puts it (Python and the libraries, the budget, the allocators' slack);
-    # measured here: 338 and 371 MiB, +33 MiB for +6M rows (more sorted runs to merge).
+    # the budget puts it (Python and the libraries, the budget, the allocators' slack).
+    # Measured here, medians of three: 386 and 328 MiB (358 and 337 beside two busy
+    # processes). Before the reader scanned a row group's
+    # worth at a time, a scan read ahead of a slow consumer and the large window's peak
+    # was 20 to 60 MiB above the medium one's.
     assert large_bytes - medium_bytes > 250 * MiB
-    assert peaks["large"] - peaks["medium"] < (large_bytes - medium_bytes) / 5, peaks
-    assert peaks["large"] < LIMIT - 64 * MiB, peaks
+    assert large - medium < (large_bytes - medium_bytes) / 5, peaks
+    assert max(peaks["large"]) < LIMIT - 64 * MiB, peaks

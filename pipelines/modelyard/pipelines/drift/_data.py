@@ -21,6 +21,9 @@ import pyarrow.fs
 # keep memory bounded (the default read-ahead holds hundreds of MB for a wide table).
 BATCH_READAHEAD = 1
 FRAGMENT_READAHEAD = 2
+# A scan covers whole row groups, at least this many rows when they are small (many small
+# files): fewer scans to start, and still a bound on what one holds.
+MIN_SCAN_ROWS = 1 << 16
 # Parquet files are not buffered whole before decoding (pre_buffer): that is the read
 # pattern for object stores' latency, and it holds every row group of a column chunk range.
 _SCAN_OPTIONS = ds.ParquetFragmentScanOptions(pre_buffer=False)
@@ -70,8 +73,8 @@ class DataSource:
         raise NotImplementedError
 
     def decode_rows(self) -> int:
-        """The most rows the reader decodes at once for a column (a Parquet row group),
-        whatever the batch size: the check counts it in its memory budget."""
+        """The most rows the reader holds decoded at once for a column (a scan's row
+        groups), whatever the batch size: the check counts it in its memory budget."""
         return 0
 
     def to_table(self) -> pa.Table:
@@ -167,16 +170,44 @@ class ParquetSource(DataSource):
         return int(self._rows)
 
     def batches(self, columns: Sequence[str], batch_rows: int) -> Iterator[pa.RecordBatch]:
-        yield from self.dataset.to_batches(
-            columns=list(columns),
-            filter=self.filter,
-            batch_size=max(1, batch_rows),
-            batch_readahead=BATCH_READAHEAD,
-            fragment_readahead=FRAGMENT_READAHEAD,
+        # One scan per unit of row groups, not one over the dataset: a scan reads ahead of
+        # a slow consumer (a run being sorted, a CPU-starved pod) until Arrow's
+        # back-pressure, which pauses at a gigabyte, so its memory grew with the window.
+        for unit in self._scan_units():
+            yield from unit.to_batches(
+                columns=list(columns),
+                filter=self.filter,
+                batch_size=max(1, batch_rows),
+                batch_readahead=BATCH_READAHEAD,
+                fragment_readahead=FRAGMENT_READAHEAD,
+            )
+
+    def _scan_units(self) -> Iterator[ds.Dataset]:
+        """The row groups in order, gathered into datasets of at most the largest row
+        group's rows: many small files are still read ahead of each other, and what a
+        scan holds stays within what the check's budget counts (``decode_rows``)."""
+        unit: list[ds.Fragment] = []
+        rows = 0
+        for fragment in self.dataset.get_fragments(filter=self.filter):
+            for group in fragment.row_groups:
+                if unit and rows + group.num_rows > self.decode_rows():
+                    yield self._dataset_of(unit)
+                    unit, rows = [], 0
+                unit.append(fragment.subset(row_group_ids=[group.id]))
+                rows += group.num_rows
+        if unit:
+            yield self._dataset_of(unit)
+
+    def _dataset_of(self, fragments: list[ds.Fragment]) -> ds.Dataset:
+        return ds.FileSystemDataset(
+            fragments,
+            schema=self.dataset.schema,
+            format=self.dataset.format,
+            filesystem=self.dataset.filesystem,
         )
 
     def decode_rows(self) -> int:
-        return self.largest_row_group
+        return max(self.largest_row_group, MIN_SCAN_ROWS)
 
     def to_table(self) -> pa.Table:
         return self.select(self.column_names)
