@@ -41,7 +41,7 @@ lint: venv ## ruff, mypy (strict) and the import contracts (lint-imports)
 .PHONY: test
 test: venv lint ## Lint, unit, integration and e2e tests (installs and starts what they need)
 	hack/deps.sh
-	hack/build-tools.sh node
+	hack/build-tools.sh
 	$(VENV)/bin/pytest $(TIERS) -n $(TEST_WORKERS) --dist loadfile -m 'not alone' $(PYTEST_ARGS)
 	$(VENV)/bin/pytest $(TIERS) -m alone $(PYTEST_ARGS)
 	$(MAKE) e2e
@@ -57,6 +57,7 @@ security: venv ## The security tier: each attack of docs/security.md against rea
 CLUSTER ?= local
 .PHONY: e2e
 e2e: venv ## End-to-end tests on a real node: images, helm install, pods serving
+	$(if $(filter kind,$(CLUSTER)),,hack/build-tools.sh node)
 	CLUSTER=$(CLUSTER) hack/images.sh build
 	CLUSTER=$(CLUSTER) $(VENV)/bin/pytest tests/e2e $(if $(filter kind,$(CLUSTER)),-m "not node_only") $(PYTEST_ARGS)
 
