@@ -511,8 +511,11 @@ def test_a_slow_shadow_leaves_the_clients_latency_unchanged(
         f" p99 {percentile(after_copy + after_plain, 0.99) * 1000:.0f}ms"
     )
     print(said)
-    # The shadow was slow enough to tell: a held connection would add 50 ms or more.
-    assert held >= 0.05, said
+    # The shadow was slow enough to tell: a held connection would add 30 ms or more, half
+    # of which is the most a follower may exceed by, several times the spread between the
+    # two kinds of request (CI: medians 4.8 and 4.7 ms, p90s 8.4 and 9.1, with a 47 ms hold
+    # possible; 50 ms was asked before and the slow model's calls on a faster VM missed it).
+    assert held >= 0.03, said
     for q in (0.5, 0.9):
         excess = percentile(after_copy, q) - percentile(after_plain, q)
         assert excess < held / 2, f"the clients' latency follows the shadow's: {said}"
