@@ -154,9 +154,9 @@ def test_peak_memory_does_not_grow_with_the_window(
     # Twice the rows (about 280 MB more data), the same budget: the peak stays about where
     # the budget puts it (Python and the libraries, the budget, the allocators' slack).
     # Measured here, medians of three: 386 and 328 MiB (358 and 337 beside two busy
-    # processes). Before the reader scanned a row group's
-    # worth at a time, a scan read ahead of a slow consumer and the large window's peak
-    # was 20 to 60 MiB above the medium one's.
+    # processes). Before the reader scanned a few row groups at a time, one scan over the
+    # window read ahead of a slow consumer and the large window's peak was 20 to 60 MiB
+    # above the medium one's.
     assert large_bytes - medium_bytes > 250 * MiB
     assert large - medium < (large_bytes - medium_bytes) / 5, peaks
     assert max(peaks["large"]) < LIMIT - 64 * MiB, peaks
